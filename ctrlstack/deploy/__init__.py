@@ -1,0 +1,1 @@
+"""Cluster lifecycle: supervisor processes, the per-user registry, and backends."""

@@ -1,0 +1,171 @@
+"""Start a supervisor process and wait for its one-line ready report.
+
+Order matters for "bad input changes nothing": the spec is validated and planned *here*, before
+anything is created; only then is the name reserved and the supervisor spawned.  If the supervisor
+fails, times out or dies, everything it started is killed (by process group) and the record is
+removed before the error reaches the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+from ctrlstack import _proc
+from ctrlstack.config import ClusterSpec
+from ctrlstack.deploy.registry import ClusterRecord, Registry, validate_name
+from ctrlstack.topology.plan import PlanError, plan
+
+__all__ = ["LaunchError", "check_spec", "start_supervisor"]
+
+
+class LaunchError(RuntimeError):
+    """A cluster did not start; the message carries the cause and the supervisor's log tail."""
+
+
+def check_spec(spec: ClusterSpec) -> None:
+    """Raise ``PlanError`` now if the spec cannot be placed on this machine."""
+    from ctrlstack.topology.discover import discover
+
+    plan(
+        discover(),
+        workers=None if spec.workers == "auto" else int(spec.workers),
+        threads=None if spec.threads == "auto" else int(spec.threads),
+        policy=spec.policy,
+        smt=spec.smt,
+    )
+
+
+def _tail(path: str | None, lines: int = 25) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def start_supervisor(
+    name: str,
+    spec: ClusterSpec,
+    *,
+    registry: Registry,
+    timeout: float,
+    ephemeral: bool = False,
+) -> dict[str, Any]:
+    """Spawn the supervisor for ``name`` and return its ready report (the cluster status)."""
+    validate_name(name)
+    check_spec(spec)
+    log_path = str(registry.log_path(name))
+    registry.reserve(
+        ClusterRecord(
+            name=name,
+            profile=spec.profile,
+            backend=spec.backend,
+            spec=spec.to_dict(),
+            ephemeral=ephemeral,
+            log=log_path,
+        )
+    )
+    read_fd, write_fd = os.pipe()
+    argv = [
+        sys.executable, "-m", "ctrlstack.deploy.supervisor",
+        "--name", name,
+        "--profile", spec.profile,
+        "--spec", json.dumps(spec.to_dict()),
+        "--state-dir", str(registry.root),
+        "--ready-fd", str(write_fd),
+    ]  # fmt: skip
+    if ephemeral:
+        argv += ["--owner-pid", str(os.getpid())]
+    proc = None
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as log:
+            proc = _proc.spawn(argv, stdout=log, stderr=log, pass_fds=[write_fd], new_session=True)
+        os.close(write_fd)
+        write_fd = -1
+        record = registry.read(name)
+        if record is not None and record.pgid is None:
+            record.pgid = proc.pid  # session leader: the supervisor's group id
+            registry.write(record)
+        report = _await_ready(read_fd, proc, timeout)
+        proc.wait(5)  # the intermediate parent of the daemonised supervisor
+    except BaseException as exc:
+        if proc is not None:
+            _kill_group(proc.pid)
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+        registry.remove(name)
+        if isinstance(exc, (PlanError, LaunchError)):
+            raise
+        if isinstance(exc, Exception):
+            raise LaunchError(f"cluster {name!r} failed to start: {exc}") from exc
+        raise
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    return report
+
+
+def _await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LaunchError(
+                f"the supervisor did not report ready within {timeout:g} s "
+                f"(ctrlstack.launch-timeout); its log:\n{_tail(_log_of(proc))}"
+            )
+        ready, _, _ = select.select([read_fd], [], [], min(left, 0.5))
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 65536)
+        if not chunk:  # EOF: the supervisor died without a word
+            proc.wait(5)
+            raise LaunchError(
+                f"the supervisor exited with code {proc.returncode} before reporting ready; "
+                f"its log:\n{_tail(_log_of(proc))}"
+            )
+        buf += chunk
+    report: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
+    if not report.get("ok"):
+        message = report.get("error", "unknown error")
+        if report.get("plan_error"):
+            raise PlanError(message)
+        raise LaunchError(f"{report.get('type', 'Error')}: {message}")
+    return report
+
+
+def _log_of(proc: Any) -> str | None:
+    # The log path is argv-independent; find it through the registry naming convention.
+    try:
+        args = list(proc.args)
+        name = args[args.index("--name") + 1]
+        state = args[args.index("--state-dir") + 1]
+        return os.path.join(state, "clusters", f"{name}.log")
+    except (ValueError, IndexError, AttributeError):
+        return None

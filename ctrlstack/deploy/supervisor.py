@@ -1,0 +1,289 @@
+"""The supervisor: one small process per cluster that owns its scheduler and workers.
+
+Why a separate process: a cluster must outlive whatever asked for it — a notebook kernel that is
+restarted, a Jupyter server that is stopped, a CLI command that returns.  The supervisor is started
+in its own session (process group), so signals to the caller's terminal do not reach it and a
+dead supervisor's leftovers can be found by process group.
+
+Control goes over the scheduler's own comm: the supervisor registers ``ctrlstack_*`` handlers on
+its in-process scheduler, so ``scale``/``adapt``/``status``/``stop`` need nothing but the address
+already in the registry — no second port, no second protocol.
+
+Start-up handshake: the launcher passes the write end of a pipe (``--ready-fd``); the supervisor
+writes exactly one JSON line, ``{"ok": true, ...}`` once the cluster runs and the registry record
+says so, or ``{"ok": false, "error": ...}`` with the cause.  The launcher therefore never hangs on
+a failed start and always sees why it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import psutil
+
+from ctrlstack.config import ClusterSpec
+from ctrlstack.deploy.local import SLOT_ENV, PinnedLocalCluster
+from ctrlstack.deploy.registry import ClusterRecord, Registry
+from ctrlstack.topology.discover import discover
+from ctrlstack.topology.plan import PlanError
+
+logger = logging.getLogger("ctrlstack.supervisor")
+
+#: How often the supervisor checks its owner (ephemeral clusters) and its scheduler.
+WATCH_INTERVAL = 0.5
+
+
+def _write_ready(fd: int | None, message: dict[str, Any]) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(message) + "\n").encode())
+        os.close(fd)
+
+
+class Supervisor:
+    """Runs one cluster until told to stop; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: ClusterSpec,
+        registry: Registry,
+        *,
+        owner_pid: int | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.registry = registry
+        self.owner_pid = owner_pid
+        self.cluster: PinnedLocalCluster | None = None
+        self.stopping = asyncio.Event()
+        self.adapt_range: tuple[int, int] | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        spec = self.spec
+        machine = discover()
+        self.cluster = await PinnedLocalCluster(
+            machine,
+            workers=None if spec.workers == "auto" else int(spec.workers),
+            threads=None if spec.threads == "auto" else int(spec.threads),
+            task_threads=spec.task_threads,
+            policy=spec.policy,
+            smt=spec.smt,
+            memory_limit=spec.memory_limit,
+            dashboard=spec.dashboard,
+            env=dict(spec.env),
+            worker_options=spec.worker_kwargs(),
+            asynchronous=True,
+            name=self.name,
+            silence_logs=logging.WARNING,
+        )
+        scheduler = self.cluster.scheduler
+        assert scheduler is not None
+        scheduler.handlers.update(
+            {
+                "ctrlstack_status": self.handle_status,
+                "ctrlstack_scale": self.handle_scale,
+                "ctrlstack_adapt": self.handle_adapt,
+                "ctrlstack_stop": self.handle_stop,
+            }
+        )
+        if spec.adapt is not None:
+            self._adapt(*spec.adapt)
+        self._update_record(state="running")
+
+    async def run_until_stopped(self) -> None:
+        assert self.cluster is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stopping.set)
+        idle_since: float | None = None
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
+            if self.owner_pid is not None and not psutil.pid_exists(self.owner_pid):
+                logger.info("owner process %s is gone; stopping", self.owner_pid)
+                break
+            scheduler = self.cluster.scheduler
+            if scheduler is None or scheduler.status.name in ("closing", "closed", "failed"):
+                logger.info("scheduler closed; stopping")
+                break
+            if self.spec.idle_timeout is not None:
+                busy = bool(scheduler.tasks) or bool(scheduler.clients.keys() - {"fire-and-forget"})
+                idle_since = None if busy else (idle_since or time.monotonic())
+                if idle_since is not None and time.monotonic() - idle_since > self.spec.idle_timeout:
+                    logger.info("idle for %s s; stopping", self.spec.idle_timeout)
+                    break
+
+    async def close(self) -> None:
+        self._update_record(state="stopping")
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.cluster.close(), 30)
+        self.registry.remove(self.name)
+
+    # ---------------------------------------------------------------- handlers
+    def status(self) -> dict[str, Any]:
+        cluster = self.cluster
+        assert cluster is not None and cluster.scheduler is not None
+        scheduler = cluster.scheduler
+        slots = {
+            str(name): spec["options"]["env"].get("CTRLSTACK_CPUS", "")
+            for name, spec in cluster.worker_spec.items()
+        }
+        return {
+            "name": self.name,
+            "profile": self.spec.profile,
+            "backend": self.spec.backend,
+            "address": scheduler.address,
+            "dashboard": cluster.dashboard_link if self.spec.dashboard else None,
+            "pid": os.getpid(),
+            "workers": len(scheduler.workers),
+            "requested": len(cluster.worker_spec),
+            "max_workers": cluster.max_workers,
+            "threads": cluster.full_plan.threads,
+            "task_threads": cluster.task_threads,
+            "policy": cluster.full_plan.policy,
+            "pinned": cluster.full_plan.pinned,
+            "adapt": None
+            if self.adapt_range is None
+            else {"minimum": self.adapt_range[0], "maximum": self.adapt_range[1]},
+            "slots": slots,
+            "slot_index": {
+                str(name): int(spec["options"]["env"][SLOT_ENV])
+                for name, spec in cluster.worker_spec.items()
+            },
+        }
+
+    async def handle_status(self) -> dict[str, Any]:
+        return self.status()
+
+    async def handle_scale(self, n: int) -> dict[str, Any]:
+        assert self.cluster is not None
+        self.cluster.check_scale(n)  # raises before anything changes
+        if self.adapt_range is not None:
+            self.cluster._adaptive.stop()  # an explicit scale ends adaptive mode, as in Dask
+            self.adapt_range = None
+        self.cluster.scale(n)
+        self._update_record()
+        return self.status()
+
+    async def handle_adapt(
+        self, minimum: int | None = None, maximum: int | None = None, off: bool = False
+    ) -> dict[str, Any]:
+        assert self.cluster is not None
+        if off:
+            if self.adapt_range is not None:
+                self.cluster._adaptive.stop()
+            self.adapt_range = None
+            return self.status()
+        lo = 0 if minimum is None else minimum
+        hi = self.cluster.max_workers if maximum is None else maximum
+        for label, value in (("minimum", lo), ("maximum", hi)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"adapt {label} must be an integer >= 0, got {value!r}")
+        if lo > hi:
+            raise ValueError(f"adapt minimum ({lo}) must not exceed maximum ({hi})")
+        self.cluster.check_scale(hi)
+        self._adapt(lo, hi)
+        return self.status()
+
+    def _adapt(self, minimum: int, maximum: int) -> None:
+        assert self.cluster is not None
+        self.cluster.adapt(minimum=minimum, maximum=maximum)
+        self.adapt_range = (minimum, maximum)
+        self._update_record()
+
+    async def handle_stop(self) -> dict[str, Any]:
+        # Reply first, then stop: the caller's comm must not be torn down mid-answer.
+        asyncio.get_running_loop().call_later(0.05, self.stopping.set)
+        return {"name": self.name, "stopping": True}
+
+    # ---------------------------------------------------------------- registry
+    def _update_record(self, state: str | None = None) -> None:
+        record = self.registry.read(self.name)
+        if record is None:
+            if state == "stopping":
+                return
+            record = ClusterRecord(name=self.name, profile=self.spec.profile,
+                                   backend=self.spec.backend)
+        me = psutil.Process()
+        record.pid = me.pid
+        record.pid_started = me.create_time()
+        record.pgid = os.getpgid(0)
+        if state is not None:
+            record.state = state
+        if self.cluster is not None and self.cluster.scheduler is not None:
+            record.address = self.cluster.scheduler.address
+            record.dashboard = self.cluster.dashboard_link if self.spec.dashboard else None
+            record.workers = len(self.cluster.worker_spec)
+        self.registry.write(record)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    registry = Registry(args.state_dir)
+    ready_fd: int | None = args.ready_fd
+    try:
+        spec = ClusterSpec.from_dict(json.loads(args.spec), profile=args.profile)
+        supervisor = Supervisor(args.name, spec, registry, owner_pid=args.owner_pid)
+        await supervisor.start()
+    except Exception as exc:
+        logger.error("cluster %s failed to start:\n%s", args.name, traceback.format_exc())
+        _write_ready(
+            ready_fd,
+            {"ok": False, "error": str(exc) or type(exc).__name__, "type": type(exc).__name__,
+             "plan_error": isinstance(exc, PlanError)},
+        )
+        with contextlib.suppress(Exception):
+            if "supervisor" in locals() and supervisor.cluster is not None:
+                await supervisor.cluster.close()
+        registry.remove(args.name)
+        return 1
+    _write_ready(ready_fd, {"ok": True, **supervisor.status()})
+    logger.info("cluster %s running at %s", args.name, supervisor.status()["address"])
+    try:
+        await supervisor.run_until_stopped()
+    finally:
+        await supervisor.close()
+    logger.info("cluster %s stopped", args.name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ctrlstack.deploy.supervisor")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--owner-pid", type=int, default=None)
+    parser.add_argument(
+        "--no-daemon", action="store_true", help="stay in the foreground (for debugging)"
+    )
+    args = parser.parse_args(argv)
+    if not args.no_daemon and os.fork() > 0:
+        # Double fork: the launcher reaps this intermediate at once, so a long-lived notebook
+        # kernel that launched the cluster never accumulates a zombie when the cluster stops.
+        os._exit(0)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
