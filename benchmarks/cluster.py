@@ -89,8 +89,9 @@ def main() -> None:
           f"Python {platform.python_version()}, distributed {distributed.__version__}")  # fmt: skip
     print(f"# {w} workers × 1 thread, {args.repeat} repeats interleaved, medians\n")
 
-    results: dict[str, list[float]] = {k: [] for k in
-                                       ("bare_start", "bare_close", "pin_start", "pin_close")}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("bare_start", "bare_close", "pin_start", "pin_close")
+    }
     for _ in range(args.repeat):
         s, c, _ = start_close(bare)
         results["bare_start"].append(s)

@@ -31,7 +31,25 @@ _LAZY = {
     "LaunchError": "ctrlstack.deploy.launcher",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Cluster",
+    "ClusterInfo",
+    "ClusterNotFoundError",
+    "ConfigError",
+    "LaunchError",
+    "PlanError",
+    "__version__",
+    "cluster",
+    "clusters",
+    "connect",
+    "crowding",
+    "discover",
+    "get",
+    "get_profile",
+    "launch",
+    "plan",
+    "stop",
+]
 
 if TYPE_CHECKING:
     from ctrlstack.api import (

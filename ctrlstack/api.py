@@ -147,20 +147,21 @@ class Cluster:
 
     # ---------------------------------------------------------------- display
     def __repr__(self) -> str:
-        try:
-            record = self._registry.read(self.name)
-        except Exception:  # pragma: no cover - defensive for reprs
-            record = None
+        record = self._registry.read(self.name)
         where = record.address if record else "gone"
         return f"<ctrlstack.Cluster {self.name!r} {where}>"
 
     def _repr_html_(self) -> str:
         try:
             s = self.status()
-        except Exception as exc:
+        except (ClusterNotFoundError, control.ClusterUnreachableError) as exc:
             return f"<b>ctrlstack cluster {html.escape(self.name)}</b>: {html.escape(str(exc))}"
         dash = s.get("dashboard")
-        dash_html = f'<a href="{html.escape(dash)}" target="_blank">{html.escape(dash)}</a>' if dash else "off"
+        dash_html = (
+            f'<a href="{html.escape(dash)}" target="_blank">{html.escape(dash)}</a>'
+            if dash
+            else "off"
+        )
         rows = "".join(
             f"<tr><td>{html.escape(str(w))}</td><td>{html.escape(c or 'unpinned')}</td></tr>"
             for w, c in s["slots"].items()
@@ -246,7 +247,9 @@ def stop(name: str, *, timeout: float = 30, registry: Registry | None = None) ->
 
 
 @contextlib.contextmanager
-def cluster(profile: str | None = None, *, name: str | None = None, **overrides: Any) -> Iterator[Client]:
+def cluster(
+    profile: str | None = None, *, name: str | None = None, **overrides: Any
+) -> Iterator[Client]:
     """An ephemeral cluster for a script: yields a connected client, stops on any exit.
 
     The cluster is stopped when the block exits normally, raises, or the process receives SIGTERM

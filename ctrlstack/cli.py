@@ -76,11 +76,19 @@ def _machine(sysfs_root: str | None, hwloc_xml: str | None, cpus: str | None) ->
 
 
 _source_options: list[Callable[[Any], Any]] = [
-    click.option("--sysfs-root", type=click.Path(exists=True, file_okay=False),
-                 help="Read a captured sysfs tree instead of this machine."),
-    click.option("--hwloc-xml", type=click.Path(exists=True, dir_okay=False),
-                 help="Read an 'lstopo --of xml' file instead of this machine."),
-    click.option("--cpus", help="Pretend only these CPUs are allowed (e.g. a Slurm cpuset '0-15,64-79')."),
+    click.option(
+        "--sysfs-root",
+        type=click.Path(exists=True, file_okay=False),
+        help="Read a captured sysfs tree instead of this machine.",
+    ),
+    click.option(
+        "--hwloc-xml",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Read an 'lstopo --of xml' file instead of this machine.",
+    ),
+    click.option(
+        "--cpus", help="Pretend only these CPUs are allowed (e.g. a Slurm cpuset '0-15,64-79')."
+    ),
 ]
 
 
@@ -100,7 +108,9 @@ def main() -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_with_source
-def topology(as_json: bool, sysfs_root: str | None, hwloc_xml: str | None, cpus: str | None) -> None:
+def topology(
+    as_json: bool, sysfs_root: str | None, hwloc_xml: str | None, cpus: str | None
+) -> None:
     """Show packages → NUMA nodes → L3 (chiplet) domains → cores, with allowed CPUs marked."""
     from ctrlstack.topology.render import render_machine
 
@@ -121,10 +131,28 @@ def topology(as_json: bool, sysfs_root: str | None, hwloc_xml: str | None, cpus:
 
 
 @main.command("plan")
-@click.option("-w", "--workers", type=click.IntRange(min=1), help="Number of workers (default: as many as fit).")
-@click.option("-t", "--threads", type=click.IntRange(min=1), help="CPUs per worker (default: from the policy).")
-@click.option("-p", "--policy", type=click.Choice(["l3", "numa", "socket", "core", "none"]), default="l3", show_default=True)
-@click.option("--smt/--no-smt", default=False, show_default=True, help="Count SMT siblings as CPUs.")
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Number of workers (default: as many as fit).",
+)
+@click.option(
+    "-t",
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPUs per worker (default: from the policy).",
+)
+@click.option(
+    "-p",
+    "--policy",
+    type=click.Choice(["l3", "numa", "socket", "core", "none"]),
+    default="l3",
+    show_default=True,
+)
+@click.option(
+    "--smt/--no-smt", default=False, show_default=True, help="Count SMT siblings as CPUs."
+)
 @click.option("--json", "as_json", is_flag=True)
 @_with_source
 def plan_cmd(
@@ -164,9 +192,13 @@ def profiles(as_json: bool) -> None:
 
 # ------------------------------------------------------------------------------------ lifecycle
 _override_options: list[Callable[[Any], Any]] = [
-    click.option("-w", "--workers", type=click.IntRange(min=1), help="Override the profile's workers."),
+    click.option(
+        "-w", "--workers", type=click.IntRange(min=1), help="Override the profile's workers."
+    ),
     click.option("-t", "--threads", type=click.IntRange(min=1), help="Override CPUs per worker."),
-    click.option("--task-threads", type=click.IntRange(min=1), help="Override Dask task threads per worker."),
+    click.option(
+        "--task-threads", type=click.IntRange(min=1), help="Override Dask task threads per worker."
+    ),
     click.option("-p", "--policy", type=click.Choice(["l3", "numa", "socket", "core", "none"])),
     click.option("--smt/--no-smt", default=None),
 ]
@@ -189,7 +221,7 @@ def _overrides(**kwargs: Any) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True)
 def launch(profile: str | None, name: str | None, as_json: bool, **overrides: Any) -> None:
     """Start a cluster from PROFILE (default profile if omitted); it outlives this command."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         handle = api.launch(profile, name=name, **_overrides(**overrides))
@@ -210,7 +242,7 @@ def launch(profile: str | None, name: str | None, as_json: bool, **overrides: An
 @click.option("--json", "as_json", is_flag=True)
 def list_cmd(as_json: bool) -> None:
     """Every cluster of this user, from any door, with its state."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         infos = api.clusters()
@@ -241,7 +273,7 @@ def _age(seconds: float) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def status(name: str, as_json: bool) -> None:
     """Live status of cluster NAME."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         data = api.get(name).status()
@@ -263,7 +295,7 @@ def status(name: str, as_json: bool) -> None:
 @click.argument("n", type=click.IntRange(min=0))
 def scale(name: str, n: int) -> None:
     """Scale cluster NAME to N workers (stops adaptive scaling)."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         data = api.get(name).scale(n)
@@ -276,11 +308,13 @@ def scale(name: str, n: int) -> None:
 @click.option("--max", "maximum", type=click.IntRange(min=0), help="Default: as many as fit.")
 def adapt(name: str, minimum: int, maximum: int | None) -> None:
     """Let cluster NAME scale itself between --min and --max workers."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         data = api.get(name).adapt(minimum=minimum, maximum=maximum)
-    click.echo(f"{name}: adaptive between {data['adapt']['minimum']} and {data['adapt']['maximum']} workers")
+    click.echo(
+        f"{name}: adaptive between {data['adapt']['minimum']} and {data['adapt']['maximum']} workers"
+    )
 
 
 @main.command()
@@ -288,7 +322,7 @@ def adapt(name: str, minimum: int, maximum: int | None) -> None:
 @click.option("--all", "stop_all", is_flag=True, help="Stop every cluster of this user.")
 def stop(names: tuple[str, ...], stop_all: bool) -> None:
     """Stop cluster(s) NAMES and everything they started."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         if stop_all:
@@ -305,7 +339,7 @@ def stop(names: tuple[str, ...], stop_all: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def crowding(name: str, as_json: bool) -> None:
     """Where the threads of cluster NAME's workers really run, per L3 domain."""
-    import ctrlstack.api as api
+    from ctrlstack import api
 
     with _errors():
         client = api.connect(name)
@@ -334,13 +368,12 @@ def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: An
     import signal
     import subprocess
 
-    import ctrlstack.api as api
-    from ctrlstack import _proc
+    from ctrlstack import _proc, api
 
     name = f"run-{os.getpid()}"
-    with _errors(), api.cluster(profile, name=name, **_overrides(**overrides)) as client:
+    with _errors(), api.cluster(profile, name=name, **_overrides(**overrides)):
         env = dict(os.environ)
-        env["DASK_SCHEDULER_ADDRESS"] = client.scheduler.address
+        env["DASK_SCHEDULER_ADDRESS"] = api.get(name).address
         env["CTRLSTACK_CLUSTER"] = name
         child = _proc.spawn([sys.executable, script, *args], env=env,
                             stdout=None, stderr=None)  # fmt: skip

@@ -30,9 +30,13 @@ NCPU = len(os.sched_getaffinity(0))
 
 
 def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"ctrlstack {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(
+            f"ctrlstack {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+        )
     return proc
 
 
@@ -67,7 +71,8 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
     (info,) = [c for c in ctrlstack.clusters() if c.name == "demo"]
     assert info.state == "running"
     record = Registry(state_dir).read("demo")
-    assert record is not None and record.pid is not None
+    assert record is not None
+    assert record.pid is not None
     assert psutil.pid_exists(record.pid)
     assert (state_dir / "clusters" / "demo.json").stat().st_mode & 0o777 == 0o600
 
@@ -108,7 +113,8 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
 def test_kill_9_supervisor_is_reported_dead_and_cleaned(state_dir: Path) -> None:
     handle = ctrlstack.launch("local", name="crash", workers=1, threads=1)
     record = handle.record
-    assert record.pid is not None and record.pgid is not None
+    assert record.pid is not None
+    assert record.pgid is not None
     handle.wait_for_workers(1)
     assert len(group_members(record.pgid)) >= 2  # supervisor + worker process
 
@@ -160,9 +166,13 @@ def test_ephemeral_cluster_stops_on_exit_and_on_exception(state_dir: Path) -> No
         assert info.ephemeral
         pid = info.pid
     assert ctrlstack.clusters() == []
-    assert pid is not None and wait_until(lambda: not psutil.pid_exists(pid), 10)
+    assert pid is not None
+    assert wait_until(lambda: not psutil.pid_exists(pid), 10)
 
-    with pytest.raises(RuntimeError, match="boom"), ctrlstack.cluster("local", workers=1, threads=1):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        ctrlstack.cluster("local", workers=1, threads=1),
+    ):
         raise RuntimeError("boom")
     assert ctrlstack.clusters() == []
 
@@ -190,14 +200,17 @@ def test_sigterm_to_script_stops_its_cluster(state_dir: Path, tmp_path: Path) ->
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         assert proc.returncode == 128 + signal.SIGTERM
-        assert info.pid is not None and wait_until(lambda: not psutil.pid_exists(info.pid), 20)
+        assert info.pid is not None
+        assert wait_until(lambda: not psutil.pid_exists(info.pid), 20)
         assert ctrlstack.clusters() == []
     finally:
         if proc.poll() is None:
             proc.kill()
 
 
-def test_owner_killed_outright_ephemeral_cluster_stops_itself(state_dir: Path, tmp_path: Path) -> None:
+def test_owner_killed_outright_ephemeral_cluster_stops_itself(
+    state_dir: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -207,7 +220,8 @@ def test_owner_killed_outright_ephemeral_cluster_stops_itself(state_dir: Path, t
         (info,) = ctrlstack.clusters()
         proc.kill()
         proc.wait(10)
-        assert info.pid is not None and wait_until(lambda: not psutil.pid_exists(info.pid), 30)
+        assert info.pid is not None
+        assert wait_until(lambda: not psutil.pid_exists(info.pid), 30)
     finally:
         if proc.poll() is None:
             proc.kill()

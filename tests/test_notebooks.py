@@ -21,7 +21,9 @@ def test_quickstart_runs(state_dir: Path) -> None:
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()  # fmt: skip
     outputs = {
-        i: "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs)
+        i: "".join(
+            o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs
+        )
         for i, c in enumerate(nb.cells)
         if c.cell_type == "code"
     }

@@ -66,7 +66,8 @@ def test_each_worker_thread_is_pinned_to_its_slot(state_dir: Path) -> None:
             assert info["numba"]["num_threads"] == 1
             assert info["numba"]["threading_layer"] == "workqueue"  # one task thread per worker
             blas = [p for p in info["threadpools"] if p["user_api"] == "blas"]
-            assert blas and all(p["num_threads"] == 1 for p in blas)
+            assert blas
+            assert all(p["num_threads"] == 1 for p in blas)
         # Disjoint slots covering the allowed CPUs (one per core on this machine).
         assert frozenset().union(*slots) == frozenset(os.sched_getaffinity(0))
         assert sum(len(s) for s in slots) == NCPU

@@ -34,7 +34,7 @@ def call(address: str, op: str, *, timeout: float = 10.0, **kwargs: Any) -> Any:
         future = pool.submit(asyncio.run, _acall(address, op, timeout, kwargs))
         try:
             return future.result()
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ClusterUnreachableError(
                 f"cluster scheduler at {address} did not answer {op!r}: {exc}"
             ) from exc

@@ -42,8 +42,9 @@ def local_plan(
     """
     initial = plan(machine, workers=workers, threads=threads, policy=policy, smt=smt)
     most = capacity(machine, initial.threads, policy=policy, smt=smt)
-    full = plan(machine, workers=max(most, initial.workers), threads=initial.threads, policy=policy,
-                smt=smt)
+    full = plan(
+        machine, workers=max(most, initial.workers), threads=initial.threads, policy=policy, smt=smt
+    )
     return initial, full
 
 
@@ -86,8 +87,9 @@ class PinnedLocalCluster(SpecCluster):
         name: str | None = None,
         silence_logs: int | bool = False,
     ) -> None:
-        initial, full = local_plan(machine, workers=workers, threads=threads, policy=policy,
-                                   smt=smt)
+        initial, full = local_plan(
+            machine, workers=workers, threads=threads, policy=policy, smt=smt
+        )
         self.machine = machine
         self.full_plan = full
         self.task_threads = task_threads or initial.threads

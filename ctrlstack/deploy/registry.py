@@ -100,8 +100,10 @@ class ClusterRecord:
         if self.supervisor() is not None:
             return True
         # A launch in progress has no supervisor pid yet; give it a grace period.
-        return self.state == "starting" and self.pid is None and (
-            time.time() - self.created < STARTING_GRACE
+        return (
+            self.state == "starting"
+            and self.pid is None
+            and (time.time() - self.created < STARTING_GRACE)
         )
 
     def leftovers(self) -> list[psutil.Process]:

@@ -43,6 +43,12 @@ logger = logging.getLogger("ctrlstack.supervisor")
 WATCH_INTERVAL = 0.5
 
 
+async def _awaitable(result: Any) -> None:
+    """Await what ``SpecCluster.close()`` returns in asynchronous mode (typed as optional)."""
+    if result is not None:
+        await result
+
+
 def _write_ready(fd: int | None, message: dict[str, Any]) -> None:
     if fd is None:
         return
@@ -122,7 +128,10 @@ class Supervisor:
             if self.spec.idle_timeout is not None:
                 busy = bool(scheduler.tasks) or bool(scheduler.clients.keys() - {"fire-and-forget"})
                 idle_since = None if busy else (idle_since or time.monotonic())
-                if idle_since is not None and time.monotonic() - idle_since > self.spec.idle_timeout:
+                if (
+                    idle_since is not None
+                    and time.monotonic() - idle_since > self.spec.idle_timeout
+                ):
                     logger.info("idle for %s s; stopping", self.spec.idle_timeout)
                     break
 
@@ -130,13 +139,14 @@ class Supervisor:
         self._update_record(state="stopping")
         if self.cluster is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.cluster.close(), 30)
+                await asyncio.wait_for(_awaitable(self.cluster.close()), 30)
         self.registry.remove(self.name)
 
     # ---------------------------------------------------------------- handlers
     def status(self) -> dict[str, Any]:
         cluster = self.cluster
-        assert cluster is not None and cluster.scheduler is not None
+        assert cluster is not None
+        assert cluster.scheduler is not None
         scheduler = cluster.scheduler
         slots = {
             str(name): spec["options"]["env"].get("CTRLSTACK_CPUS", "")
@@ -173,8 +183,7 @@ class Supervisor:
         assert self.cluster is not None
         self.cluster.check_scale(n)  # raises before anything changes
         if self.adapt_range is not None:
-            self.cluster._adaptive.stop()  # an explicit scale ends adaptive mode, as in Dask
-            self.adapt_range = None
+            self._stop_adaptive()  # an explicit scale ends adaptive mode, as in Dask
         self.cluster.scale(n)
         self._update_record()
         return self.status()
@@ -184,9 +193,7 @@ class Supervisor:
     ) -> dict[str, Any]:
         assert self.cluster is not None
         if off:
-            if self.adapt_range is not None:
-                self.cluster._adaptive.stop()
-            self.adapt_range = None
+            self._stop_adaptive()
             return self.status()
         lo = 0 if minimum is None else minimum
         hi = self.cluster.max_workers if maximum is None else maximum
@@ -198,6 +205,13 @@ class Supervisor:
         self.cluster.check_scale(hi)
         self._adapt(lo, hi)
         return self.status()
+
+    def _stop_adaptive(self) -> None:
+        adaptive = getattr(self.cluster, "_adaptive", None)
+        if adaptive is not None:
+            adaptive.stop()
+        self.adapt_range = None
+        self._update_record()
 
     def _adapt(self, minimum: int, maximum: int) -> None:
         assert self.cluster is not None
@@ -216,8 +230,9 @@ class Supervisor:
         if record is None:
             if state == "stopping":
                 return
-            record = ClusterRecord(name=self.name, profile=self.spec.profile,
-                                   backend=self.spec.backend)
+            record = ClusterRecord(
+                name=self.name, profile=self.spec.profile, backend=self.spec.backend
+            )
         me = psutil.Process()
         record.pid = me.pid
         record.pid_started = me.create_time()
@@ -238,16 +253,20 @@ async def _main(args: argparse.Namespace) -> int:
         spec = ClusterSpec.from_dict(json.loads(args.spec), profile=args.profile)
         supervisor = Supervisor(args.name, spec, registry, owner_pid=args.owner_pid)
         await supervisor.start()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any start failure must reach the launcher
         logger.error("cluster %s failed to start:\n%s", args.name, traceback.format_exc())
         _write_ready(
             ready_fd,
-            {"ok": False, "error": str(exc) or type(exc).__name__, "type": type(exc).__name__,
-             "plan_error": isinstance(exc, PlanError)},
+            {
+                "ok": False,
+                "error": str(exc) or type(exc).__name__,
+                "type": type(exc).__name__,
+                "plan_error": isinstance(exc, PlanError),
+            },
         )
         with contextlib.suppress(Exception):
             if "supervisor" in locals() and supervisor.cluster is not None:
-                await supervisor.cluster.close()
+                await _awaitable(supervisor.cluster.close())
         registry.remove(args.name)
         return 1
     _write_ready(ready_fd, {"ok": True, **supervisor.status()})

@@ -23,6 +23,9 @@ import numba
 
 from ctrlstack.topology.budget import thread_budget
 
+#: numba.config is populated at run time; mypy cannot see its attributes.
+numba_config: Any = numba.config
+
 __all__ = ["ensure_threading_layer", "is_dask", "is_xarray", "kernel_threads"]
 
 
@@ -30,8 +33,8 @@ def ensure_threading_layer() -> None:
     """Choose a thread-safe Numba threading layer unless one was chosen explicitly."""
     if "NUMBA_THREADING_LAYER" in os.environ:
         return
-    if numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "threadsafe"
+    if numba_config.THREADING_LAYER == "default":
+        numba_config.THREADING_LAYER = "threadsafe"
 
 
 @contextmanager
@@ -43,7 +46,7 @@ def kernel_threads(threads: int | None = None) -> Iterator[int]:
     wanted = thread_budget() if threads is None else int(threads)
     if wanted < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
-    n = min(wanted, numba.config.NUMBA_NUM_THREADS)
+    n = min(wanted, numba_config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(n)
     try:
