@@ -20,10 +20,13 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from ctrlstack.config import get_profile, launch_timeout
 from ctrlstack.deploy import control
@@ -236,14 +239,27 @@ def stop(name: str, *, timeout: float = 30, registry: Registry | None = None) ->
     if proc is not None and record.address:
         with contextlib.suppress(control.ClusterUnreachableError):
             control.call(record.address, "ctrlstack_stop")
-        with contextlib.suppress(Exception):
-            proc.wait(timeout)
-    if proc is not None and proc.is_running():
-        with contextlib.suppress(Exception):
-            proc.terminate()
-            proc.wait(5)
+        _wait_gone(record, timeout)
+    if record.supervisor() is not None:
+        with contextlib.suppress(psutil.Error):
+            record.supervisor().terminate()  # type: ignore[union-attr]
+        _wait_gone(record, 5)
     record.reap()
     registry.remove(name)
+
+
+def _wait_gone(record: ClusterRecord, timeout: float) -> bool:
+    """Wait until the supervisor has exited; a zombie counts as exited.
+
+    ``psutil.Process.wait`` would also wait for the zombie to be reaped, which is up to whoever
+    adopted the double-forked supervisor (init, or a slow container PID 1).
+    """
+    deadline = time.monotonic() + timeout
+    while record.supervisor() is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @contextlib.contextmanager
@@ -253,36 +269,63 @@ def cluster(
     """An ephemeral cluster for a script: yields a connected client, stops on any exit.
 
     The cluster is stopped when the block exits normally, raises, or the process receives SIGTERM
-    (turned into ``SystemExit`` while the block runs).  If this process is killed outright, the
-    supervisor notices its owner is gone and stops by itself.
+    (turned into ``SystemExit(143)``, also while the cluster is still starting).  A SIGTERM that
+    arrives while the cluster is being stopped is held back until the stop is done.  If this
+    process is killed outright, the supervisor notices its owner is gone and stops by itself.
     """
     spec = get_profile(profile, **overrides)
     name = validate_name(name or f"run-{os.getpid()}-{secrets.token_hex(2)}")
     registry = _registry()
-    start_supervisor(name, spec, registry=registry, timeout=launch_timeout(), ephemeral=True)
-    handle = Cluster(name, registry=registry)
-    restore = _sigterm_to_exit()
+    guard = _SigtermToExit()
+    guard.install()
     try:
-        client = handle.client()
-        yield client
-    finally:
+        # A SIGTERM during the start raises SystemExit inside start_supervisor, whose clean-up
+        # kills the half-started supervisor and releases the name.
+        start_supervisor(name, spec, registry=registry, timeout=launch_timeout(), ephemeral=True)
+        handle = Cluster(name, registry=registry)
         try:
-            handle.stop()
+            yield handle.client()
         finally:
-            restore()
+            guard.cleaning = True
+            handle.stop()
+    finally:
+        guard.restore()
+        if guard.deferred is not None:
+            raise SystemExit(128 + guard.deferred)
 
 
-def _sigterm_to_exit() -> Any:
-    """Make SIGTERM raise ``SystemExit`` in the main thread; returns a function that undoes it."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
+class _SigtermToExit:
+    """SIGTERM -> ``SystemExit(128 + signum)`` in the main thread, with a protected clean-up.
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    Why: Python's default SIGTERM action kills the process without running ``finally`` blocks, so
+    a script stopped by Slurm or systemd would leave its cluster to the owner watchdog.  Once
+    clean-up has begun (``cleaning``), further SIGTERMs (schedulers often send several) are only
+    remembered in ``deferred``: raising again would cut the cluster's stop short.
+    """
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous: Any = None
+        self.cleaning = False
+        self.deferred: int | None = None
+
+    def install(self) -> None:
+        if self.active:
+            self.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.cleaning:
+            self.deferred = signum
+            return
+        self.cleaning = True  # the SystemExit below starts the clean-up
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def restore(self) -> None:
+        if self.active:
+            # getsignal() returns None for a handler installed from C: fall back to the default.
+            previous = signal.SIG_DFL if self.previous is None else self.previous
+            signal.signal(signal.SIGTERM, previous)
 
 
 def crowding(client: Client) -> CrowdingReport:

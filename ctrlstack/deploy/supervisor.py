@@ -13,6 +13,11 @@ Start-up handshake: the launcher passes the write end of a pipe (``--ready-fd``)
 writes exactly one JSON line, ``{"ok": true, ...}`` once the cluster runs and the registry record
 says so, or ``{"ok": false, "error": ...}`` with the cause.  The launcher therefore never hangs on
 a failed start and always sees why it failed.
+
+Registry record: the supervisor is the only process that updates its record once it runs.  It
+writes its own pid, start time and process group *first thing*, before the (slow) cluster start,
+so from then on liveness is judged by the process itself and never by the launcher's
+"starting" grace period, which a long ``launch-timeout`` could outlast.
 """
 
 from __future__ import annotations
@@ -52,9 +57,22 @@ async def _awaitable(result: Any) -> None:
 def _write_ready(fd: int | None, message: dict[str, Any]) -> None:
     if fd is None:
         return
-    with contextlib.suppress(OSError):
-        os.write(fd, (json.dumps(message) + "\n").encode())
-        os.close(fd)
+    try:
+        with contextlib.suppress(OSError):
+            os.write(fd, (json.dumps(message) + "\n").encode())
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _owner(pid: int | None) -> psutil.Process | None:
+    """The owner process as a ``psutil.Process`` (remembers its start time), if it runs."""
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 class Supervisor:
@@ -72,11 +90,29 @@ class Supervisor:
         self.spec = spec
         self.registry = registry
         self.owner_pid = owner_pid
+        # Captured now, while the owner is surely alive (it is waiting for us): the start time
+        # it carries is what makes a reused pid or a zombie owner count as gone later.
+        self._owner = _owner(owner_pid)
         self.cluster: PinnedLocalCluster | None = None
         self.stopping = asyncio.Event()
         self.adapt_range: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------- lifecycle
+    def owner_gone(self) -> bool:
+        """For ephemeral clusters: has the process that asked for the cluster exited?
+
+        ``psutil.pid_exists`` is not enough: a killed owner stays a zombie until its parent reaps
+        it, and its pid may be reused by an unrelated process afterwards.
+        """
+        if self.owner_pid is None:
+            return False
+        if self._owner is None:
+            return True
+        try:
+            return not self._owner.is_running() or self._owner.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
     async def start(self) -> None:
         spec = self.spec
         machine = discover()
@@ -118,7 +154,7 @@ class Supervisor:
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
-            if self.owner_pid is not None and not psutil.pid_exists(self.owner_pid):
+            if self.owner_gone():
                 logger.info("owner process %s is gone; stopping", self.owner_pid)
                 break
             scheduler = self.cluster.scheduler
@@ -136,11 +172,16 @@ class Supervisor:
                     break
 
     async def close(self) -> None:
+        logger.info("cluster %s stopping", self.name)
         self._update_record(state="stopping")
+        await self.close_cluster()
+        self.registry.remove(self.name)
+
+    async def close_cluster(self, timeout: float = 30) -> None:
+        """Close scheduler and workers, bounded: a hung close must not keep the supervisor up."""
         if self.cluster is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(_awaitable(self.cluster.close()), 30)
-        self.registry.remove(self.name)
+                await asyncio.wait_for(_awaitable(self.cluster.close()), timeout)
 
     # ---------------------------------------------------------------- handlers
     def status(self) -> dict[str, Any]:
@@ -225,6 +266,14 @@ class Supervisor:
         return {"name": self.name, "stopping": True}
 
     # ---------------------------------------------------------------- registry
+    def register(self) -> None:
+        """Put this process's pid, start time and process group into the record, before starting.
+
+        The launcher cannot do it: the supervisor daemonises (double fork), so the pid the
+        launcher spawned is not the supervisor's.  The record keeps ``state="starting"``.
+        """
+        self._update_record()
+
     def _update_record(self, state: str | None = None) -> None:
         record = self.registry.read(self.name)
         if record is None:
@@ -249,9 +298,11 @@ class Supervisor:
 async def _main(args: argparse.Namespace) -> int:
     registry = Registry(args.state_dir)
     ready_fd: int | None = args.ready_fd
+    supervisor: Supervisor | None = None
     try:
         spec = ClusterSpec.from_dict(json.loads(args.spec), profile=args.profile)
         supervisor = Supervisor(args.name, spec, registry, owner_pid=args.owner_pid)
+        supervisor.register()
         await supervisor.start()
     except Exception as exc:  # noqa: BLE001 - any start failure must reach the launcher
         logger.error("cluster %s failed to start:\n%s", args.name, traceback.format_exc())
@@ -264,9 +315,8 @@ async def _main(args: argparse.Namespace) -> int:
                 "plan_error": isinstance(exc, PlanError),
             },
         )
-        with contextlib.suppress(Exception):
-            if "supervisor" in locals() and supervisor.cluster is not None:
-                await _awaitable(supervisor.cluster.close())
+        if supervisor is not None:
+            await supervisor.close_cluster()
         registry.remove(args.name)
         return 1
     _write_ready(ready_fd, {"ok": True, **supervisor.status()})
@@ -301,7 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    return asyncio.run(_main(args))
+    loop = asyncio.new_event_loop()
+    code = loop.run_until_complete(_main(args))
+    # The cluster is closed and the record removed.  What remains is asyncio.run()'s wait for the
+    # default executor and distributed's finalizers, which took ~2 s here and would delay every
+    # `ctrlstack stop` that waits for this process to exit: skip them.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
