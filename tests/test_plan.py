@@ -283,3 +283,17 @@ def test_render_has_header_and_one_line_per_worker() -> None:
     assert len(lines) == 5
     unpinned = plan(m, 2, 4, policy="none").render(m)
     assert "not pinned" in unpinned
+
+
+def test_wide_workers_alternate_sockets_when_one_numa_node_spans_both() -> None:
+    """cpuid-derived topologies report one NUMA node over two packages; sockets still alternate."""
+    from pathlib import Path
+
+    from ctrlstack.topology.hwloc import from_hwloc_xml
+
+    xml = Path(__file__).parent / "fixtures" / "hwloc" / "AMD-19h-Zen3-2xEpyc-7763.xml"
+    machine = from_hwloc_xml(xml)
+    assert len(machine.numa_nodes) == 1
+    assert len(machine.packages) == 2
+    result = plan(machine, workers=3, threads=12)
+    assert [s.packages for s in result.slots] == [(0,), (1,), (0,)]

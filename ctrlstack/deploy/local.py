@@ -3,8 +3,8 @@
 Like :class:`distributed.LocalCluster`, this class only turns arguments into worker specs and lets
 ``SpecCluster`` do the lifecycle.  The difference is that every worker spec carries its own plan
 slot: the slot's environment (``NUMBA_NUM_THREADS``, threading layer, BLAS limits, ``CTRLSTACK_CPUS``)
-is set *before* the worker process starts, because Numba and OpenBLAS size their pools at import,
-and the ``ctrlstack.topology.pin`` preload pins every thread as the worker starts.
+is applied in the worker process before Numba is imported (Numba sizes its pool at import), and the
+``ctrlstack.topology.pin`` preload pins every thread and resizes the BLAS pool as the worker starts.
 
 Slots come from one plan over the whole machine; the planner is prefix-stable, so scaling from
 ``n`` to ``n + 1`` workers adds a slot without moving the workers already running, and a worker

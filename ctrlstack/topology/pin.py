@@ -3,10 +3,13 @@
 This is the one module of :mod:`ctrlstack.topology` with side effects.  The order matters, for
 reasons measured on this project's machines (topology notes §3):
 
-1. **Before the worker starts** (:func:`worker_env`, passed as ``Nanny(env=...)``): Numba sizes
-   its pool from ``NUMBA_NUM_THREADS`` — or, when unset, from the affinity mask *at import* — and
-   libgomp/OpenBLAS read ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` when they load.  Changing
-   these later has no effect on pools that already exist.
+1. **Before the worker imports Numba** (:func:`worker_env`, passed as ``Nanny(env=...)``, which
+   distributed applies in the child before any task or preload runs): Numba sizes its pool from
+   ``NUMBA_NUM_THREADS`` — or, when unset, from the affinity mask *at import* — and libgomp reads
+   ``OMP_NUM_THREADS`` when it loads.  OpenBLAS is different: ``distributed`` imports NumPy in the
+   child *before* ``env=`` is applied, so its pool already exists with distributed's
+   ``pre-spawn-environ`` size; :func:`apply_from_env` resizes it with threadpoolctl.  The BLAS
+   variables still matter for processes the worker starts.
 2. **Inside the worker, as early as possible** (:func:`dask_setup`, a Dask preload calling
    :func:`apply_from_env`): a CPU mask belongs to a *thread*.  ``os.sched_setaffinity(0, ...)``
    and ``psutil.Process().cpu_affinity(...)`` change only the calling thread; the OpenBLAS pool

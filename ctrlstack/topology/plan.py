@@ -309,7 +309,9 @@ class _Greedy:
 
     def _take_split(self, threads: int) -> list[int]:
         levels: list[Callable[[_Domain], object]] = [
-            lambda d: ("numa", d.numa) if d.numa is not None else ("package", d.package),
+            # A NUMA node is split per package: cpuid-derived topologies (and some VMs) report
+            # one node spanning both sockets, and workers must still alternate sockets.
+            lambda d: ("numa", d.numa, d.package) if d.numa is not None else ("package", d.package),
             lambda d: d.package,
             lambda d: 0,
         ]
