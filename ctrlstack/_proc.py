@@ -29,24 +29,52 @@ class CommandResult:
 
 
 class CommandError(RuntimeError):
-    """A command failed or could not be started; the message says which and why."""
+    """A command failed, timed out or could not be started; the message says which and why.
 
-    def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str):
+    ``returncode`` is ``None`` when there is no exit status (not started, or killed after
+    ``timeout``); ``timed_out`` tells those two apart.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        *,
+        timed_out: float | None = None,
+    ):
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
-        what = "could not be started" if returncode is None else f"exited with {returncode}"
+        self.timed_out = timed_out is not None
+        if timed_out is not None:
+            what = f"timed out after {timed_out:g} s and was killed"
+        elif returncode is None:
+            what = "could not be started"
+        else:
+            what = f"exited with {returncode}"
         detail = (stderr or stdout).strip()
         super().__init__(f"command {list(self.argv)!r} {what}" + (f": {detail}" if detail else ""))
+
+
+def _text(data: str | bytes | None) -> str:
+    """Partial output of a timed-out command: ``TimeoutExpired`` carries raw bytes."""
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
     if isinstance(argv, str) or not argv:
         raise TypeError("argv must be a non-empty sequence of strings, not a shell string")
-    out = [os.fspath(a) for a in argv]
-    if not all(isinstance(a, str) for a in out):
-        raise TypeError(f"argv items must be strings, got {argv!r}")
+    out = []
+    for i, item in enumerate(argv):
+        value = os.fspath(item) if isinstance(item, str | os.PathLike) else item
+        if not isinstance(value, str):
+            raise TypeError(f"argv items must be strings or paths; argv[{i}] is {item!r}")
+        out.append(value)
     return out
 
 
@@ -71,11 +99,13 @@ def run(
             input=input,
             check=False,
         )
-    except FileNotFoundError as exc:
-        raise CommandError(args, None, "", str(exc)) from exc
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        raise CommandError(args, None, out, f"timed out after {timeout} s") from exc
+        # subprocess.run has killed and reaped the child; keep what it had printed so far.
+        raise CommandError(
+            args, None, _text(exc.stdout), _text(exc.stderr), timed_out=exc.timeout
+        ) from exc
+    except OSError as exc:  # not found, not executable, bad cwd, out of fds/memory ...
+        raise CommandError(args, None, "", str(exc)) from exc
     result = CommandResult(tuple(args), proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stdout, proc.stderr)
@@ -91,11 +121,14 @@ def spawn(
     pass_fds: Sequence[int] = (),
     new_session: bool = False,
     cwd: str | None = None,
+    stdin: IO[bytes] | int | None = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` and return the process without waiting.
 
     ``new_session=True`` detaches it from the caller's terminal and process group, so it outlives a
-    notebook kernel or a Jupyter server, and lets us signal the whole group later.
+    notebook kernel or a Jupyter server, and lets us signal the whole group later.  ``stdin`` is
+    closed (``DEVNULL``) by default so a daemon never competes for the terminal; pass ``None`` to
+    let a foreground child (``ctrlstack run``'s script) read the caller's stdin.
     """
     args = _check_argv(argv)
     logger.debug("spawn %s", args)
@@ -103,7 +136,7 @@ def spawn(
         return subprocess.Popen(
             args,
             env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             pass_fds=tuple(pass_fds),

@@ -175,19 +175,33 @@ def plan_cmd(
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def profiles(as_json: bool) -> None:
-    """List the named profiles (package, site and user config merged)."""
+    """List the named profiles (package, site and user config merged).
+
+    A broken profile does not hide the others: the good ones are listed, each broken one gets an
+    ``error:`` line on stderr, and the exit status is 2 if any was broken.
+    """
     from ctrlstack.config import get_profile, profile_names
 
     with _errors():
-        specs = [get_profile(name) for name in profile_names()]
-        if as_json:
-            _echo_json({s.profile: s.to_dict() for s in specs})
-            return
+        specs = []
+        broken = []
+        for name in profile_names():
+            try:
+                specs.append(get_profile(name))
+            except ValueError as exc:  # ConfigError, or a spec the schema let through
+                broken.append(str(exc))
+    if as_json:
+        _echo_json({s.profile: s.to_dict() for s in specs})
+    else:
         for s in specs:
             click.echo(
                 f"{s.profile:<16} backend={s.backend} workers={s.workers} threads={s.threads} "
                 f"policy={s.policy}"
             )
+    for message in broken:
+        click.echo(f"error: {message}", err=True)
+    if broken:
+        sys.exit(USAGE_ERROR)
 
 
 # ------------------------------------------------------------------------------------ lifecycle
@@ -321,17 +335,30 @@ def adapt(name: str, minimum: int, maximum: int | None) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "stop_all", is_flag=True, help="Stop every cluster of this user.")
 def stop(names: tuple[str, ...], stop_all: bool) -> None:
-    """Stop cluster(s) NAMES and everything they started."""
+    """Stop cluster(s) NAMES and everything they started.
+
+    Every named cluster is tried even if an earlier one fails; the exit status reports the worst.
+    """
     from ctrlstack import api
 
-    with _errors():
-        if stop_all:
+    if not names and not stop_all:
+        raise click.UsageError("name a cluster or pass --all")
+    if stop_all:
+        with _errors():
             names = tuple(i.name for i in api.clusters() if i.state != "dead")
         if not names:
-            raise click.UsageError("name a cluster or pass --all")
-        for name in names:
-            api.stop(name)
+            click.echo("no clusters")
+            return
+    status = 0
+    for name in names:
+        try:
+            with _errors():
+                api.stop(name)
             click.echo(f"stopped {name}")
+        except SystemExit as exc:  # _errors() already printed the one-line message
+            status = max(status, exc.code if isinstance(exc.code, int) else 1)
+    if status:
+        sys.exit(status)
 
 
 @main.command()
@@ -365,8 +392,6 @@ def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: An
     ``distributed.Client()`` in it connects; CTRLSTACK_CLUSTER holds the cluster's name.
     """
     import os
-    import signal
-    import subprocess
 
     from ctrlstack import _proc, api
 
@@ -375,19 +400,36 @@ def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: An
         env = dict(os.environ)
         env["DASK_SCHEDULER_ADDRESS"] = api.get(name).address
         env["CTRLSTACK_CLUSTER"] = name
+        # stdin=None: the script reads our stdin (`ctrlstack run job.py < data` works).
         child = _proc.spawn([sys.executable, script, *args], env=env,
-                            stdout=None, stderr=None)  # fmt: skip
-        try:
-            code = child.wait()
-        except SystemExit:
-            # SIGTERM reached us: pass it on, give the script a moment, then clean up.
+                            stdin=None, stdout=None, stderr=None)  # fmt: skip
+        code = _wait_script(child)
+    sys.exit(code)
+
+
+def _wait_script(child: Any, grace: float = 10.0) -> int:
+    """Wait for ``ctrlstack run``'s script; its exit status in shell convention (128 + signal).
+
+    If we are interrupted (SIGTERM turned into SystemExit, Ctrl-C, anything), the script gets
+    SIGTERM, ``grace`` seconds, then SIGKILL, and is reaped before the cluster is stopped: it
+    must neither outlive its cluster nor keep running against a stopped one.
+    """
+    import signal
+    import subprocess
+
+    try:
+        code: int = child.wait()
+    except BaseException:
+        if child.poll() is None:
             child.send_signal(signal.SIGTERM)
             try:
-                child.wait(10)
+                child.wait(grace)
             except subprocess.TimeoutExpired:
                 child.kill()
-            raise
-    sys.exit(code)
+                child.wait(grace)
+        raise
+    # Popen reports "killed by signal N" as -N; sys.exit(-N) would exit with 256 - N.
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":  # pragma: no cover
