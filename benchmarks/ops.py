@@ -1,0 +1,404 @@
+"""Every ``ctrlstack.ops`` kernel side by side with its fastest reference, in one process.
+
+Usage::
+
+    python benchmarks/ops.py [--family clustering,linear] [--quick] [--markdown]
+                             [--threads 1,2] [--no-compile] [--keep-openblas-env]
+
+What it prints (the table recorded in ``docs/benchmarks.md``):
+
+* a header describing the machine: CPU model, usable cores, kernel, Python and library versions,
+  the BLAS libraries threadpoolctl sees (with the OpenBLAS core type actually selected), Numba's
+  threading layer, and what was done with ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE``;
+* the same-run physical limits per thread count: STREAM-style triad (GB/s) and NumPy GEMM
+  (GFLOP/s, float64 and float32);
+* per kernel and thread count: size, fastest reference and its median time, our median time,
+  ratio ``ref / ours`` (> 1 means ctrlstack is faster), and our throughput as GB/s vs triad
+  (bandwidth-bound kernels) or GFLOP/s vs GEMM of the same dtype (compute-bound kernels), plus
+  whether our result matched the reference;
+* compile latency: first call in a fresh subprocess with an empty ``NUMBA_CACHE_DIR`` (cold
+  compile) and again with that cache filled (cached), so the ``cache=True`` saving is visible.
+
+Cases come from ``benchmarks/ops_ml.py`` and ``benchmarks/ops_sci.py`` (``cases()`` returning
+``harness.Case`` objects; optional ``compile_probes()``).  Thread counts are applied to both
+sides: ``CTRLSTACK_THREAD_BUDGET`` (read by every ctrlstack kernel) and ``numba.set_num_threads``
+for ours, threadpoolctl (BLAS and OpenMP) for the references.
+
+**OpenBLAS environment.**  Some machines of this project set ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_L2_SIZE`` so that old OpenBLAS builds stay correct; with a current NumPy they select a
+slower GEMM kernel (perf.md: ~29 vs ~37 GFLOP/s).  The references would then be handicapped, so
+this script removes both variables from *its own* environment before NumPy loads OpenBLAS (and
+from the compile-latency subprocesses it starts), and says so in the header.  Nothing else is
+changed; ``--keep-openblas-env`` keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _apply_openblas_policy(argv: list[str]) -> str:
+    """Unset the OpenBLAS overrides for this process (must run before NumPy is imported)."""
+    found = {name: os.environ[name] for name in _OPENBLAS_VARS if name in os.environ}
+    if not found:
+        return "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: not set in this environment (nothing changed)"
+    shown = ", ".join(f"{k}={v}" for k, v in found.items())
+    if "--keep-openblas-env" in argv:
+        return f"{shown}: kept as set (--keep-openblas-env); BLAS references may be slowed"
+    for name in found:
+        del os.environ[name]
+    return f"{shown} were set: UNSET for this benchmark process and its subprocesses only"
+
+
+OPENBLAS_NOTE = _apply_openblas_policy(sys.argv)
+
+import argparse
+import inspect
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+from harness import (
+    Case,
+    fmt_table,
+    gemm_gflops,
+    median_time,
+    set_threads,
+    triad_gbs,
+)
+
+from ctrlstack.topology.budget import BUDGET_ENV
+
+CASE_MODULES = ("ops_ml", "ops_sci")
+COLUMNS = (
+    "family",
+    "kernel",
+    "size",
+    "thr",
+    "fastest reference",
+    "ref ms",
+    "ours ms",
+    "ratio",
+    "ours rate",
+    "% of limit",
+    "check",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# machine description
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(name: str) -> str:
+    try:
+        module = __import__(name)
+        return str(getattr(module, "__version__", "?"))
+    except ImportError:
+        return "not installed"
+
+
+def _threading_layer(numba: Any) -> str:
+    try:
+        return str(numba.threading_layer())  # the layer actually in use (after a parallel call)
+    except ValueError:
+        return f"not started yet (requested: {numba.config.THREADING_LAYER})"
+
+
+def machine_header() -> list[tuple[str, str]]:
+    """(item, value) pairs describing this machine and software stack."""
+    import numba
+    import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's OpenBLAS, used by Numba's np.dot)
+    from threadpoolctl import threadpool_info
+
+    blas = [
+        f"{i.get('filepath', '').rsplit('/', 1)[-1]} {i.get('version')} "
+        f"(core {i.get('architecture')}, {i.get('threading_layer')}, {i.get('num_threads')} thr)"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+    openmp = [
+        f"{i.get('prefix')} ({i.get('num_threads')} thr)"
+        for i in threadpool_info()
+        if i.get("user_api") == "openmp"
+    ]
+    return [
+        ("CPU", _cpu_model()),
+        ("usable cores", f"{len(os.sched_getaffinity(0))} (os.cpu_count()={os.cpu_count()})"),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("python", platform.python_version()),
+        (
+            "versions",
+            ", ".join(
+                f"{m} {_version(m)}"
+                for m in ("numpy", "numba", "scipy", "sklearn", "pandas", "bottleneck", "numbagg")
+            ),
+        ),
+        ("BLAS (threadpoolctl)", "; ".join(blas) or "none found"),
+        ("OpenMP runtimes", "; ".join(openmp) or "none loaded yet"),
+        ("numba threading layer", _threading_layer(numba)),
+        ("OpenBLAS env", OPENBLAS_NOTE),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+
+
+def load_cases(quick: bool, families: set[str] | None) -> tuple[list[Case], list[Any], list[str]]:
+    """Cases from every case module that exists; returns (cases, modules, notes)."""
+    import importlib
+
+    cases: list[Case] = []
+    modules: list[Any] = []
+    notes: list[str] = []
+    for name in CASE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            notes.append(f"{name}: not loaded ({exc})")
+            continue
+        fn = module.cases
+        found = fn(quick=quick) if "quick" in inspect.signature(fn).parameters else fn()
+        if quick:
+            for case in found:
+                case.repeat = min(case.repeat, 2)
+        selected = [c for c in found if families is None or c.family in families]
+        if selected:  # its compile probes run only when some of its families were selected
+            modules.append(module)
+        cases.extend(selected)
+    return cases, modules, notes
+
+
+def _ms(t: float) -> str:
+    """Milliseconds, 3 significant digits without exponent notation."""
+    ms = t * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def run_case(case: Case, threads: int, limits: dict[str, float], check: bool) -> dict[str, Any]:
+    """Time ours and every reference interleaved; one table row."""
+    status = ""
+    if check and case.check is not None:
+        try:
+            case.check(case.ours(), next(iter(case.references.values()))())
+            status = "ok"
+        except (AssertionError, ValueError, TypeError) as exc:  # report it, keep running
+            status = f"FAIL: {str(exc).splitlines()[0][:60]}"
+    names = list(case.references)
+    times = median_time([case.ours, *case.references.values()], case.repeat)
+    ours_t, ref_ts = times[0], times[1:]
+    best = min(range(len(names)), key=lambda i: ref_ts[i])
+    if case.kind == "bandwidth":
+        rate = case.work / ours_t / 1e9
+        rate_s, limit = f"{rate:.1f} GB/s", limits["triad"]
+    elif case.kind == "compute":
+        rate = case.work / ours_t / 1e9
+        dtype = case.extra.get("dtype", "float64")
+        rate_s, limit = f"{rate:.1f} GFLOP/s", limits[f"gemm_{dtype}"]
+    else:
+        rate, rate_s, limit = 0.0, "-", 0.0
+    others = ", ".join(
+        f"{n} {_ms(t)}" for i, (n, t) in enumerate(zip(names, ref_ts, strict=False)) if i != best
+    )
+    return {
+        "family": case.family,
+        "kernel": case.name,
+        "size": case.size,
+        "thr": threads,
+        "fastest reference": names[best],
+        "ref ms": _ms(ref_ts[best]),
+        "ours ms": _ms(ours_t),
+        "ratio": f"{ref_ts[best] / ours_t:.2f}",
+        "ours rate": rate_s,
+        "% of limit": f"{100 * rate / limit:.0f} %" if limit else "-",
+        "check": status,
+        "_others": others,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# compile latency
+
+_PROBE = """
+import time
+t0 = time.perf_counter()
+{setup}
+t1 = time.perf_counter()
+{call}
+t2 = time.perf_counter()
+{call}
+t3 = time.perf_counter()
+import json
+print(json.dumps({{"import_s": t1 - t0, "first_s": t2 - t1, "second_s": t3 - t2}}))
+"""
+
+
+def _run_probe(setup: str, call: str, cache_dir: str) -> dict[str, float]:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(REPO))
+    script = _PROBE.format(setup=setup, call=call)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+_COMPILE_COLUMNS = (
+    "kernel",
+    "cold first call",
+    "cached first call",
+    "second call",
+    "imports",
+    "process wall cold / cached",
+)
+
+
+def compile_latency(modules: Sequence[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for module in modules:
+        probes = getattr(module, "compile_probes", None)
+        if probes is None:
+            continue
+        for name, (setup, call) in probes().items():
+            with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+                try:
+                    cold = _run_probe(setup, call, cache)
+                    warm = _run_probe(setup, call, cache)
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    rows.append(dict.fromkeys(_COMPILE_COLUMNS, "-") | {"kernel": name})
+                    rows[-1]["cold first call"] = f"error: {exc}"
+                    continue
+            rows.append(
+                {
+                    "kernel": name,
+                    "cold first call": f"{cold['first_s']:.2f} s",
+                    "cached first call": f"{warm['first_s']:.3f} s",
+                    "second call": f"{warm['second_s'] * 1e3:.2f} ms",
+                    "imports": f"{warm['import_s']:.2f} s",
+                    "process wall cold / cached": f"{cold['wall_s']:.1f} / {warm['wall_s']:.1f} s",
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def fmt_plain(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines.append("  ".join("-" * widths[c] for c in columns))
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def render(rows: list[dict[str, Any]], columns: Sequence[str], markdown: bool) -> str:
+    if not rows:
+        return "(none)"
+    return fmt_table(rows, columns) if markdown else fmt_plain(rows, columns)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", help="comma-separated families to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats (smoke run)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--threads", default="1,2", help="thread counts to run (default 1,2)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compile section")
+    parser.add_argument("--keep-openblas-env", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    families = set(args.family.split(",")) if args.family else None
+    allowed = len(os.sched_getaffinity(0))
+    thread_counts = sorted({min(int(t), allowed) for t in args.threads.split(",")})
+
+    cases, modules, notes = load_cases(args.quick, families)
+    title = "## " if args.markdown else ""
+    print(f"{title}ctrlstack.ops benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})\n")
+    if not cases:
+        print("no cases selected; families available come from", ", ".join(CASE_MODULES))
+        return 1
+
+    limit_rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for i, nt in enumerate(thread_counts):
+        os.environ[BUDGET_ENV] = str(nt)
+        with set_threads(nt):
+            limits = {
+                "triad": triad_gbs(n=5_000_000 if args.quick else 20_000_000),
+                "gemm_float64": gemm_gflops(np.float64, n=1024 if args.quick else 2048),
+                "gemm_float32": gemm_gflops(np.float32, n=1024 if args.quick else 2048),
+            }
+            limit_rows.append(
+                {
+                    "threads": nt,
+                    "triad GB/s": f"{limits['triad']:.1f}",
+                    "GEMM f64 GFLOP/s": f"{limits['gemm_float64']:.1f}",
+                    "GEMM f32 GFLOP/s": f"{limits['gemm_float32']:.1f}",
+                }
+            )
+            for case in cases:
+                print(f"  running {case.family}/{case.name} at {nt} thread(s)...", file=sys.stderr)
+                rows.append(run_case(case, nt, limits, check=i == 0))
+
+    header = machine_header()
+    if args.markdown:
+        print("| item | value |\n|---|---|")
+        print("\n".join(f"| {k} | {v} |" for k, v in header))
+    else:
+        print("\n".join(f"{k:>22}: {v}" for k, v in header))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"\n{title}Same-run limits\n")
+    print(render(limit_rows, list(limit_rows[0]), args.markdown))
+    print(f"\n{title}Kernels (ratio = fastest reference / ours; > 1 means ctrlstack is faster)\n")
+    print(render(rows, COLUMNS, args.markdown))
+    print("\nOther references (median):")
+    for r in rows:
+        if r["_others"] and r["thr"] == thread_counts[0]:
+            print(f"  {r['kernel']}: {r['_others']}")
+    case_notes = {c.name: c.notes for c in cases if c.notes}
+    for name, note in case_notes.items():
+        print(f"  {name}: {note}")
+    if not args.no_compile:
+        print(f"\n{title}Compile latency (fresh subprocesses; cold = empty NUMBA_CACHE_DIR)\n")
+        comp = compile_latency(modules)
+        print(render(comp, _COMPILE_COLUMNS, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
