@@ -176,6 +176,11 @@ _FIELD_NAMES = tuple(f.name for f in fields(ClusterSpec) if f.name != "profile")
 
 
 def _section() -> Mapping[str, Any]:
+    if "default-profile" not in dask.config.get(NAMESPACE, default={}):
+        # The packaged defaults went missing from the live config: a `dask.config.set()` block
+        # for a `ctrlstack.*` key entered before this module registered them deletes the whole
+        # namespace when it exits.  Put them back underneath whatever the user has set.
+        dask.config.update(dask.config.config, copy.deepcopy(_DEFAULTS), priority="old")
     section = dask.config.get(NAMESPACE, default={})
     if not isinstance(section, Mapping):
         raise field_error(None, NAMESPACE, section, "a mapping")

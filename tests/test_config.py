@@ -559,3 +559,20 @@ def test_hand_made_spec_round_trips() -> None:
     assert ClusterSpec.from_dict(spec.to_dict(), profile="adhoc") == spec
     with pytest.raises(ValueError, match="unknown keys"):
         ClusterSpec(**{**vars(spec), "worker_options": {"nthreads": 2}})
+
+
+def test_defaults_survive_a_config_block_entered_before_registration() -> None:
+    """`with dask.config.set({"ctrlstack.x": ...})` entered while the namespace did not exist
+    removes the namespace on exit; the packaged profiles must come back by themselves."""
+    import dask
+
+    from ctrlstack.config import get_profile
+
+    saved = dask.config.config.pop("ctrlstack")
+    try:
+        with dask.config.set({"ctrlstack.state-dir": "/tmp/ctrlstack-test-state"}):
+            pass
+        assert "ctrlstack" not in dask.config.config
+        assert get_profile("local").backend == "local"
+    finally:
+        dask.config.config["ctrlstack"] = saved

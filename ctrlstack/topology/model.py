@@ -146,8 +146,10 @@ class Machine:
         if unknown:
             diagnostics = (
                 *diagnostics,
-                (f"allowed CPUs {format_cpulist(unknown)} have no topology (offline or hidden); "
-                "ignored"),
+                (
+                    f"allowed CPUs {format_cpulist(unknown)} have no topology (offline or hidden); "
+                    "ignored"
+                ),
             )
         return replace(self, allowed=effective, diagnostics=diagnostics)
 

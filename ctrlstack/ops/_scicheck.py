@@ -1,0 +1,77 @@
+"""Validation and work-splitting helpers shared by the scientific kernel families.
+
+Private to ``histograms``, ``stencils``, ``moving`` and ``grouped``.  Kept free of Numba so the
+wrappers' argument checks run (and fail) before any compile is triggered.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["as_real_array", "check_out", "check_positive_int", "normalize_axis", "split"]
+
+_REAL_KINDS = "iuf"
+
+
+def as_real_array(x: Any, name: str, *, allow_int: bool = True) -> np.ndarray:
+    """``np.asarray(x)`` restricted to integer/float32/float64 dtypes (TypeError otherwise).
+
+    float16 and complex are rejected rather than silently converted: the kernels accumulate in
+    float64 and a silent upcast would hide a copy of the caller's (possibly huge) array.
+    """
+    arr = np.asarray(x)
+    kind = arr.dtype.kind
+    ok_float = kind == "f" and arr.dtype.itemsize in (4, 8)
+    ok_int = allow_int and kind in "iu"
+    if not (ok_float or ok_int):
+        allowed = "integer, float32 or float64" if allow_int else "float32 or float64"
+        raise TypeError(f"{name} must have an {allowed} dtype, got {arr.dtype}")
+    return arr
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int, raising TypeError for non-integers and ValueError below minimum."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from exc
+    if out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """Map a possibly negative ``axis`` into ``range(ndim)`` with a clear error."""
+    if isinstance(axis, bool | np.bool_):
+        raise TypeError(f"{name} must be an integer, got {axis!r}")
+    try:
+        ax = operator.index(axis)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from exc
+    if not -ndim <= ax < ndim:
+        raise ValueError(f"{name}={ax} is out of range for an array with {ndim} dimension(s)")
+    return ax % ndim
+
+
+def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+    """Validate a caller-supplied output buffer (exact shape and dtype, writeable)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return out
+
+
+def split(n: int, parts: int) -> np.ndarray:
+    """``parts + 1`` boundaries splitting ``range(n)`` into near-equal contiguous pieces."""
+    parts = max(1, min(parts, n)) if n > 0 else 1
+    return np.linspace(0, n, parts + 1).astype(np.int64)

@@ -1,0 +1,513 @@
+"""NaN-skipping grouped reductions by integer labels: sum, mean, var, min, max, count.
+
+``group_<op>(values, labels, ngroups)`` reduces ``values`` along ``axis`` into ``ngroups`` groups
+given one integer label per position along that axis, like numbagg's ``group_nan<op>`` and
+``pandas.DataFrame.groupby(labels).<op>()`` (which also skips NaN):
+
+* labels must be integers in ``[0, ngroups)``; negative labels raise ``ValueError`` (numbagg
+  treats them as "skip"; we refuse them so a sentinel cannot silently drop data).
+  ``ngroups=None`` means ``labels.max() + 1`` (one extra pass over the labels: pass it to skip).
+* empty groups (and all-NaN groups): ``sum`` 0, ``count`` 0, ``mean``/``var``/``min``/``max`` NaN;
+  ``var`` is NaN where ``count - ddof <= 0``.  ``ddof`` defaults to 1 as in pandas and numbagg.
+* result dtypes: ``count`` int64; otherwise float32 for float32 values and float64 for float64 or
+  integer values.  Accumulation is always float64.
+
+Kernel pattern: one pass over (row, segment) tasks spread over the threads; every worker owns
+private per-group accumulators (allocated by NumPy in the wrapper) that are merged afterwards.
+``var`` accumulates sums of ``x - K`` with a per-group shift ``K`` (the group's first value seen),
+which avoids the catastrophic cancellation of the textbook ``E[x²] - E[x]²`` for data with a large
+offset; partials are merged with Chan et al.'s parallel formula.  Dask: the same partials per
+block, tree-reduced with ``dask.array.reduction`` (labels ride along as the ``weights`` array).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._scicheck import as_real_array, check_positive_int, normalize_axis
+
+__all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
+
+_SUM, _MEAN, _VAR, _MIN, _MAX, _COUNT = "sum", "mean", "var", "min", "max", "count"
+_MIN_SEGMENT = 1 << 16
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+# Each loop runs 0-based over slices of its segment: with ``range(start, stop)`` Numba cannot
+# prove the index non-negative and emits negative-index wraparound code (25 % slower, measured).
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_task(x, lab, start, stop, ng, cr, sr, count):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """NaN-skipping sums, and counts unless ``count`` is False (``group_sum`` needs none)."""
+    bad = False
+    xs = x[start:stop]
+    ls = lab[start:stop]
+    for i in range(xs.shape[0]):  # 0-based range: no negative-index wraparound code (-25 %)
+        g = ls[i]
+        if g < 0 or g >= ng:
+            bad = True
+            continue
+        v = xs[i]
+        if not np.isnan(v):
+            sr[g] += v
+            if count:
+                cr[g] += 1
+    return bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _var_task(x, lab, start, stop, ng, cr, sr, qr, kr):  # type: ignore[no-untyped-def]  # pragma: no cover
+    bad = False
+    xs = x[start:stop]
+    ls = lab[start:stop]
+    for i in range(xs.shape[0]):
+        g = ls[i]
+        if g < 0 or g >= ng:
+            bad = True
+            continue
+        v = xs[i]
+        if not np.isnan(v):
+            if cr[g] == 0:
+                kr[g] = v  # the group's shift: its first value
+            d = v - kr[g]
+            cr[g] += 1
+            sr[g] += d
+            qr[g] += d * d
+    return bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _ext_task(x, lab, start, stop, ng, cr, er, is_max):  # type: ignore[no-untyped-def]  # pragma: no cover
+    bad = False
+    xs = x[start:stop]
+    ls = lab[start:stop]
+    for i in range(xs.shape[0]):
+        g = ls[i]
+        if g < 0 or g >= ng:
+            bad = True
+            continue
+        v = xs[i]
+        e = er[g]
+        better = (v > e) if is_max else (v < e)  # False for NaN
+        cr[g] += not np.isnan(v)
+        er[g] = v if better else e
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        for k in range(tb[t], tb[t + 1]):
+            r = rows[k]
+            if _sum_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], s1[t, r], count):
+                bad[t] = True
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _g_var(a2, lab, ng, rows, starts, stops, tb, cnt, s1, s2, shift, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        for k in range(tb[t], tb[t + 1]):
+            r = rows[k]
+            if _var_task(
+                a2[r], lab, starts[k], stops[k], ng, cnt[t, r], s1[t, r], s2[t, r], shift[t, r]
+            ):
+                bad[t] = True
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        for k in range(tb[t], tb[t + 1]):
+            r = rows[k]
+            if _ext_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], ext[t, r], is_max):
+                bad[t] = True
+
+
+# --------------------------------------------------------------------------- partials (pure)
+
+
+def _plan(nrows: int, n: int, threads: int) -> tuple[np.ndarray, ...]:
+    """(rows, starts, stops, worker_bounds): rows, or segments of one row, per worker."""
+    segs = 1
+    if 0 < nrows < threads:
+        segs = max(1, min(-(-threads // nrows), n // _MIN_SEGMENT))
+    cuts = np.linspace(0, n, segs + 1).astype(np.int64)
+    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
+    starts = np.tile(cuts[:-1], nrows)
+    stops = np.tile(cuts[1:], nrows)
+    workers = max(1, min(threads, rows.shape[0]))
+    tb = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
+    return rows, starts, stops, tb
+
+
+def _partials(
+    op: str, a2: np.ndarray, lab: np.ndarray, ng: int, threads: int | None
+) -> dict[str, np.ndarray]:
+    """Per-row partial statistics, each shaped (rows, ngroups), merged over workers.
+
+    Keys: ``n`` always; ``sum`` (sum/mean), ``mean`` + ``m2`` (var), ``ext`` (min/max).
+    """
+    nrows, n = a2.shape
+    with kernel_threads(threads) as nthreads:
+        rows, starts, stops, tb = _plan(nrows, n, nthreads)
+        workers = tb.shape[0] - 1
+        shape = (workers, nrows, ng)
+        cnt = np.zeros(shape, dtype=np.int64)
+        bad = np.zeros(workers, dtype=np.bool_)
+        if op in (_SUM, _MEAN, _COUNT):
+            s1 = np.zeros(shape, dtype=np.float64)
+            _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, op != _SUM, bad)
+            _raise_if_bad(bad, lab, ng)
+            return {"n": cnt.sum(axis=0), "sum": s1.sum(axis=0)}
+        if op == _VAR:
+            s1 = np.zeros(shape, dtype=np.float64)
+            s2 = np.zeros(shape, dtype=np.float64)
+            shift = np.zeros(shape, dtype=np.float64)
+            _g_var(a2, lab, ng, rows, starts, stops, tb, cnt, s1, s2, shift, bad)
+            _raise_if_bad(bad, lab, ng)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = shift + s1 / cnt
+                m2 = s2 - s1 * s1 / cnt
+            return _chan_merge(cnt, mean, m2)
+        ident = -np.inf if op == _MAX else np.inf
+        ext = np.full(shape, ident, dtype=np.float64)
+        _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, op == _MAX, bad)
+        _raise_if_bad(bad, lab, ng)
+        reduce = np.max if op == _MAX else np.min
+        return {"n": cnt.sum(axis=0), "ext": reduce(ext, axis=0)}
+
+
+def _chan_merge(n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> dict[str, np.ndarray]:
+    """Merge (count, mean, M2) partials along axis 0 (Chan, Golub & LeVeque); empty parts drop out."""
+    total = n.sum(axis=0)
+    w = n > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_all = np.where(w, n * mean, 0.0).sum(axis=0) / total
+        spread = np.where(w, m2 + n * (mean - mean_all) ** 2, 0.0).sum(axis=0)
+    return {"n": total, "mean": mean_all, "m2": spread}
+
+
+def _combine(op: str, parts: list[dict[str, np.ndarray]], axis: int) -> dict[str, np.ndarray]:
+    """Merge partial dicts (one per block) along ``axis`` of their arrays' block dimension."""
+    n = np.stack([p["n"] for p in parts])
+    if op == _VAR:
+        res = _chan_merge(
+            n, np.stack([p["mean"] for p in parts]), np.stack([p["m2"] for p in parts])
+        )
+        return res
+    if op in (_MIN, _MAX):
+        ext = np.stack([p["ext"] for p in parts])
+        return {"n": n.sum(axis=0), "ext": (np.max if op == _MAX else np.min)(ext, axis=0)}
+    return {"n": n.sum(axis=0), "sum": np.stack([p["sum"] for p in parts]).sum(axis=0)}
+
+
+def _finalize(op: str, p: dict[str, np.ndarray], ddof: int, dtype: np.dtype) -> np.ndarray:
+    n = p["n"]
+    if op == _COUNT:
+        return n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if op == _SUM:
+            res = p["sum"]
+        elif op == _MEAN:
+            res = np.where(n > 0, p["sum"] / n, np.nan)
+        elif op == _VAR:
+            res = np.where(n - ddof > 0, np.maximum(p["m2"], 0.0) / (n - ddof), np.nan)
+        else:
+            res = np.where(n > 0, p["ext"], np.nan)
+    return res.astype(dtype, copy=False)
+
+
+def _raise_if_bad(bad: np.ndarray, lab: np.ndarray, ng: int) -> None:
+    if bad.any():
+        lo, hi = int(lab.min()), int(lab.max())
+        if lo < 0:
+            raise ValueError(
+                f"labels must be >= 0 (negative labels are not a 'skip' marker here), got {lo}"
+            )
+        raise ValueError(f"labels must be < ngroups={ng}, got a label {hi}")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_labels(labels: Any, n: int) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {lab.dtype}")
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+    if lab.shape[0] != n:
+        raise ValueError(
+            f"labels must have one entry per position along axis: {lab.shape[0]} != {n}"
+        )
+    return lab
+
+
+def _check_ngroups(ngroups: Any, lab: np.ndarray) -> int:
+    if ngroups is not None:
+        return check_positive_int(ngroups, "ngroups", minimum=0)
+    if lab.shape[0] == 0:
+        return 0
+    lo = int(lab.min())
+    if lo < 0:
+        raise ValueError(f"labels must be >= 0 (negative labels are not a 'skip' marker), got {lo}")
+    return int(lab.max()) + 1
+
+
+def _result_dtype(op: str, dtype: np.dtype) -> np.dtype:
+    if op == _COUNT:
+        return np.dtype(np.int64)
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _group(
+    op: str,
+    values: Any,
+    labels: Any,
+    ngroups: Any,
+    axis: Any,
+    dim: str | None,
+    ddof: Any,
+    threads: int | None,
+) -> Any:
+    dd = check_positive_int(ddof, "ddof", minimum=0)
+    if is_xarray(values):
+        return _group_xarray(op, values, labels, ngroups, axis, dim, dd, threads)
+    if dim is not None:
+        raise TypeError(f"dim= is only for xarray input; use axis= for {type(values).__name__}")
+    if is_dask(values):
+        return _group_dask(op, values, labels, ngroups, axis, dd, threads)
+    arr = as_real_array(values, "values")
+    if arr.ndim == 0:
+        raise ValueError(f"group_{op} needs at least a 1-D values array, got a scalar")
+    ax = normalize_axis(axis, arr.ndim)
+    lab = _check_labels(labels, arr.shape[ax])
+    ng = _check_ngroups(ngroups, lab)
+    return _group_numpy(op, arr, lab, ng, ax, dd, threads)
+
+
+def _group_numpy(
+    op: str, arr: np.ndarray, lab: np.ndarray, ng: int, ax: int, ddof: int, threads: int | None
+) -> np.ndarray:
+    moved = np.moveaxis(arr, ax, -1)
+    a2 = moved.reshape(int(np.prod(moved.shape[:-1], dtype=np.int64)), moved.shape[-1])
+    # One layout (C) and two dtypes reach the kernels: fewer compiled specialisations.
+    a2 = np.ascontiguousarray(a2, dtype=np.float64 if a2.dtype.kind in "iu" else a2.dtype)
+    lab = np.ascontiguousarray(lab)
+    parts = _partials(op, a2, lab, ng, threads)
+    res = _finalize(op, parts, ddof, _result_dtype(op, arr.dtype))
+    return np.moveaxis(res.reshape(*moved.shape[:-1], ng), -1, ax)
+
+
+def _group_dask(
+    op: str, values: Any, labels: Any, ngroups: Any, axis: Any, ddof: int, threads: int | None
+) -> Any:
+    import dask.array as da
+
+    v = da.asarray(values)
+    if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and v.dtype.itemsize not in (4, 8)):
+        raise TypeError(f"values must have an integer, float32 or float64 dtype, got {v.dtype}")
+    ax = normalize_axis(axis, v.ndim)
+    n = v.shape[ax]
+    if is_dask(labels):
+        if ngroups is None:
+            raise ValueError("ngroups is required when labels is a dask array")
+        lab = labels
+        if lab.dtype.kind not in "iu" or lab.ndim != 1 or lab.shape[0] != n:
+            raise ValueError(
+                f"labels must be 1-D integers of length {n}, got {lab.shape} {lab.dtype}"
+            )
+        ng = check_positive_int(ngroups, "ngroups", minimum=0)
+    else:
+        lab = _check_labels(labels, n)
+        ng = _check_ngroups(ngroups, lab)
+    if v.size == 0:
+        empty = _group_numpy(
+            op, np.empty(v.shape, dtype=v.dtype), np.zeros(n, np.int64), ng, ax, ddof, threads
+        )
+        return da.from_array(empty)
+    shape = [1] * v.ndim
+    shape[ax] = n
+    weights = da.asarray(lab).reshape(shape).rechunk({ax: v.chunks[ax]})
+    out_dtype = _result_dtype(op, v.dtype)
+
+    def chunk(x: np.ndarray, weights: np.ndarray, axis: Any, keepdims: bool) -> np.ndarray:
+        if x.size == 0:
+            # Only Dask's meta inference calls us with an empty block (empty inputs are handled
+            # before the reduction); refusing makes it fall back to the meta we pass.
+            raise ValueError("empty block")
+        index = tuple(slice(None) if i == ax else 0 for i in range(x.ndim))
+        block_labels = np.asarray(weights[index])
+        moved = np.moveaxis(x, ax, -1)
+        a2 = moved.reshape(int(np.prod(moved.shape[:-1], dtype=np.int64)), moved.shape[-1])
+        a2 = np.ascontiguousarray(a2, dtype=np.float64 if a2.dtype.kind in "iu" else a2.dtype)
+        parts = _partials(op, a2, np.ascontiguousarray(block_labels), ng, threads)
+        return _box({k: val.reshape(*moved.shape[:-1], ng) for k, val in parts.items()})
+
+    def combine(parts: Any, axis: Any, keepdims: bool) -> np.ndarray:
+        return _box(_combine(op, _flatten(parts), ax))
+
+    def aggregate(parts: Any, axis: Any, keepdims: bool) -> np.ndarray:
+        merged = _combine(op, _flatten(parts), ax)
+        res = _finalize(op, merged, ddof, out_dtype)
+        return np.moveaxis(res, -1, ax)
+
+    return da.reduction(
+        v,
+        chunk,
+        aggregate,
+        combine=combine,
+        axis=ax,
+        keepdims=True,
+        dtype=out_dtype,
+        concatenate=False,
+        output_size=ng,
+        weights=weights,
+        meta=np.empty((0,) * v.ndim, dtype=out_dtype),
+    )
+
+
+def _box(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Wrap partials in a 0-d object array: Dask's meta inference needs something with a dtype."""
+    out = np.empty((), dtype=object)
+    out[()] = parts
+    return out
+
+
+def _flatten(parts: Any) -> list[dict[str, np.ndarray]]:
+    """The partial dicts inside Dask's (possibly nested) lists of boxes."""
+    if isinstance(parts, np.ndarray) and parts.dtype == object:
+        parts = parts.ravel().tolist()
+    if isinstance(parts, dict):
+        return [parts]
+    out: list[dict[str, np.ndarray]] = []
+    for p in parts:
+        out.extend(_flatten(p))
+    return out
+
+
+def _group_xarray(
+    op: str,
+    values: Any,
+    labels: Any,
+    ngroups: Any,
+    axis: Any,
+    dim: str | None,
+    ddof: int,
+    threads: int | None,
+) -> Any:
+    import xarray as xr
+
+    if dim is None:
+        dim = values.dims[normalize_axis(axis, values.ndim)]
+    elif dim not in values.dims:
+        raise ValueError(f"dim={dim!r} is not a dimension of values (dims: {values.dims})")
+    if is_xarray(labels):
+        labels = labels.data
+    lab = labels if is_dask(labels) else _check_labels(labels, values.sizes[dim])
+    ng = ngroups if (ngroups is not None or is_dask(lab)) else _check_ngroups(None, lab)
+
+    def func(x: Any) -> Any:
+        return _group(op, x, lab, ng, -1, None, ddof, threads)
+
+    res = xr.apply_ufunc(
+        func,
+        values,
+        input_core_dims=[[dim]],
+        output_core_dims=[["group"]],
+        dask="allowed",
+        keep_attrs=True,
+    )
+    return res.assign_coords(group=np.arange(res.sizes["group"]))
+
+
+# --------------------------------------------------------------------------- public
+
+
+def group_sum(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping sum per group (0 for empty groups); see the module docstring."""
+    return _group(_SUM, values, labels, ngroups, axis, dim, 0, threads)
+
+
+def group_mean(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping mean per group (NaN for empty groups)."""
+    return _group(_MEAN, values, labels, ngroups, axis, dim, 0, threads)
+
+
+def group_var(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    ddof: int = 1,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping variance per group with ``ddof`` (default 1, like pandas/numbagg)."""
+    return _group(_VAR, values, labels, ngroups, axis, dim, ddof, threads)
+
+
+def group_min(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping minimum per group (NaN for empty groups)."""
+    return _group(_MIN, values, labels, ngroups, axis, dim, 0, threads)
+
+
+def group_max(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping maximum per group (NaN for empty groups)."""
+    return _group(_MAX, values, labels, ngroups, axis, dim, 0, threads)
+
+
+def group_count(
+    values: Any,
+    labels: Any,
+    ngroups: int | None = None,
+    *,
+    axis: int = -1,
+    dim: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """Number of non-NaN values per group (int64, 0 for empty groups)."""
+    return _group(_COUNT, values, labels, ngroups, axis, dim, 0, threads)

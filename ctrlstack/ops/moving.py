@@ -1,0 +1,684 @@
+"""NaN-aware moving-window sum / mean / var / std / min / max along one axis.
+
+Semantics (bottleneck's ``move_*``, which pandas ``rolling`` shares for the NaN pattern):
+
+* the window ending at ``i`` covers ``a[max(0, i - window + 1) : i + 1]``; NaN values are skipped;
+* the result is NaN where the window holds fewer than ``min_count`` non-NaN values
+  (``min_count=None`` means ``window``, so the first ``window - 1`` outputs are NaN);
+  ``pandas.Series.rolling(window, min_periods=min_count)`` gives the same NaN pattern;
+* ``ddof`` (var/std) defaults to 0 like bottleneck/NumPy (pandas uses 1: pass ``ddof=1``);
+  windows with ``count - ddof <= 0`` are NaN;
+* unlike bottleneck, ``window > length`` is allowed (as in pandas);
+* infinities are handled exactly: a window holding ``+inf`` sums to ``+inf`` until the ``inf``
+  leaves it, ``+inf`` and ``-inf`` together give NaN, var/std of a window with an ``inf`` is NaN.
+  Running-sum implementations (bottleneck, numbagg) turn everything after the first ``inf`` into
+  NaN; pandas treats ``inf`` as missing in sums.  We do neither.
+
+Algorithms:
+
+* ``sum``/``mean``: a running sum (one dependent add per element; bottleneck does two), checked
+  at the end of each segment against an exact recomputation of the last window.  A huge value
+  that entered and left the window (bottleneck then stays off for the rest of the row) or an
+  ``inf`` fails the check, and only then is the segment redone with a compensated sum or with
+  exact infinity counting (see :func:`_sum_task`).
+* ``var``/``std``/``min``/``max``: the van Herk / Gil-Werman block decomposition.  Cut the row
+  into blocks of ``window`` values; any window is a suffix of one block plus a prefix of the
+  next.  A backward pass over each block (L1-resident) stores its suffix results in a small
+  double-buffered scratch array; the forward pass keeps the running prefix (sum, sum of
+  squares, count, min or max).  Every output combines two partial results: O(1) per element,
+  no subtraction of values that leave the window, so there is no drift and no catastrophic
+  cancellation from add/remove, and min/max need no deque.  Variance uses sums of
+  ``x - K`` with a shift ``K`` that lies inside every window it serves (the first finite value
+  of the prefix's block), so ``S2 - S1**2/n`` does not cancel for data with a large offset
+  (5e-15 vs 4e-7 for bottleneck/pandas at an offset of 1e8), and a huge value only costs
+  precision in the windows that contain it (bottleneck returns 0 instead of 0.25 for
+  ``[1e16, 1, 2, 1, 2]``, window 2, ddof 0).  The price is the second pass: ~0.6-0.8x
+  bottleneck's speed for var/std (docs/ops-sci.md).
+
+Parallelism: independent (row, segment) tasks; a segment re-reads ``window`` values before its
+start, so long 1-D inputs are split too.  Dask: ``map_overlap`` with ``window - 1`` values of
+depth on the leading side only.  xarray: ``dim=`` via ``apply_ufunc(dask="allowed")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._scicheck import as_real_array, check_out, check_positive_int, normalize_axis
+
+__all__ = ["moving_max", "moving_mean", "moving_min", "moving_std", "moving_sum", "moving_var"]
+
+_SUM, _MEAN, _VAR, _STD, _MIN, _MAX = range(6)
+_NAMES = {_SUM: "sum", _MEAN: "mean", _VAR: "var", _STD: "std", _MIN: "min", _MAX: "max"}
+# Segments shorter than this are not worth a separate task (each re-reads `window` values).
+_MIN_SEGMENT = 1 << 15
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_finite(x, lo, hi, default):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for i in range(max(lo, 0), hi):
+        v = x[i]
+        if v - v == 0.0:  # finite (NaN and inf give NaN)
+            return np.float64(v)
+    return default
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _out_sum(s, c, pinf, ninf, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    if c < min_count:
+        return np.nan
+    if pinf > 0 or ninf > 0:
+        if pinf > 0 and ninf > 0:
+            return np.nan
+        return np.inf if pinf > 0 else -np.inf
+    return s * scale[c]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _two_sum(a, b):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Knuth's TwoSum: ``a + b == s + e`` exactly (no fastmath, so LLVM keeps the order)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Running NaN-skipping sum (or mean) for ``o[start:stop]``: one dependent add per element.
+
+    Fast path: a plain running sum ``s += in - out``.  A plain running sum loses the low bits
+    of the window for good when a huge value enters and leaves it (bottleneck's stays off by 1
+    for the rest of the row after ``[1e16, 1, 2, ...]``), and an ``inf`` leaves it non-finite.
+    Both leave a trace in the final sum, so the segment ends with two exact checks: the final
+    sum must be finite and must match a compensated recomputation of the last window.  If not,
+    the segment is redone by :func:`_sum_task_inf` (infinities) or :func:`_sum_task_comp`
+    (compensated, ~1.5x slower); ordinary data never pays for either.
+    """
+    nan = np.nan
+    s = 0.0
+    c = 0
+    # Warm up with the w values before `start` (the first removal below takes x[start - w]).
+    for i in range(max(0, start - w), start):
+        v = x[i]
+        ok = not np.isnan(v)
+        s += v if ok else 0.0
+        c += ok
+    head = min(stop, w)
+    for i in range(start, head):
+        v = x[i]
+        ok = not np.isnan(v)
+        s += v if ok else 0.0
+        c += ok
+        r = s * scale[c]
+        o[i] = r if c >= min_count else nan
+    lo = max(start, head)
+    # Slices and 0-based loops: Numba then drops its negative-index wraparound code (-25 %).
+    xin = x[lo:stop]
+    xout = x[lo - w : stop - w]
+    os = o[lo:stop]
+    for i in range(xin.shape[0]):
+        v = xin[i]
+        u = xout[i]
+        ok = not np.isnan(v)
+        ok_u = not np.isnan(u)
+        s += (v if ok else 0.0) - (u if ok_u else 0.0)
+        c += int(ok) - int(ok_u)
+        r = s * scale[c]
+        os[i] = r if c >= min_count else nan
+    if not np.isfinite(s):
+        _sum_task_inf(x, o, start, stop, w, min_count, scale)
+        return
+    if stop <= start:
+        return
+    exact = 0.0
+    comp = 0.0
+    size = 0.0
+    for i in range(max(0, stop - w), stop):
+        v = x[i]
+        if not np.isnan(v):
+            exact, e = _two_sum(exact, v)
+            comp += e
+            size += abs(v)
+    if abs(s - (exact + comp)) > 1e-11 * size:
+        _sum_task_comp(x, o, start, stop, w, min_count, scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_task_comp(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Compensated running NaN-skipping sum (or mean) for ``o[start:stop]`` (the exact path).
+
+    ``delta = in - out`` is formed exactly (TwoSum) and added to the running sum with its
+    rounding error carried in ``comp``: the loop-carried chain is still one add on ``s`` (plus
+    one on ``comp``), but nothing is lost when a huge value enters and leaves the window.
+    bottleneck's plain running sum gives 2 instead of 3 for ``[1e16, 1, 2]`` (window 2)
+    and stays off for the rest of the row; pandas (Kahan) and we give 3.
+    Fast path: infinities are not special-cased.  An ``inf`` that ever entered the running sum
+    leaves it non-finite for good (``inf`` or ``inf - inf = NaN``), so a non-finite final sum
+    is an exact detector; only then is the segment recomputed by :func:`_sum_task_inf`.
+    """
+    nan = np.nan
+    s = 0.0
+    comp = 0.0
+    c = 0
+    # Warm up with the w values before `start` (the first removal below takes x[start - w]).
+    for i in range(max(0, start - w), start):
+        v = x[i]
+        ok = not np.isnan(v)
+        s, e = _two_sum(s, v if ok else 0.0)
+        comp += e
+        c += ok
+    head = min(stop, w)
+    for i in range(start, head):
+        v = x[i]
+        ok = not np.isnan(v)
+        s, e = _two_sum(s, v if ok else 0.0)
+        comp += e
+        c += ok
+        r = (s + comp) * scale[c]
+        o[i] = r if c >= min_count else nan
+    lo = max(start, head)
+    # Slices and 0-based loops: Numba then drops its negative-index wraparound code (-25 %).
+    xin = x[lo:stop]
+    xout = x[lo - w : stop - w]
+    os = o[lo:stop]
+    for i in range(xin.shape[0]):
+        v = xin[i]
+        u = xout[i]
+        ok = not np.isnan(v)
+        ok_u = not np.isnan(u)
+        y, e1 = _two_sum(v if ok else 0.0, -u if ok_u else 0.0)
+        s, e2 = _two_sum(s, y)
+        comp += e1 + e2
+        c += int(ok) - int(ok_u)
+        r = (s + comp) * scale[c]
+        os[i] = r if c >= min_count else nan
+    if not (np.isfinite(s) and np.isfinite(comp)):
+        _sum_task_inf(x, o, start, stop, w, min_count, scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_task_inf(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Slow path of :func:`_sum_task`: infinities are counted by sign and never enter ``s``."""
+    s = 0.0
+    c = 0
+    pinf = 0
+    ninf = 0
+    for i in range(max(0, start - w), start):
+        v = x[i]
+        fin = (v - v) == 0.0
+        s += v if fin else 0.0
+        c += not np.isnan(v)
+        pinf += v == np.inf
+        ninf += v == -np.inf
+    head = min(stop, w)
+    for i in range(start, head):
+        v = x[i]
+        fin = (v - v) == 0.0
+        s += v if fin else 0.0
+        c += not np.isnan(v)
+        pinf += v == np.inf
+        ninf += v == -np.inf
+        o[i] = _out_sum(s, c, pinf, ninf, min_count, scale)
+    for i in range(max(start, head), stop):
+        v = x[i]
+        u = x[i - w]
+        fin = (v - v) == 0.0
+        fin_u = (u - u) == 0.0
+        s += (v if fin else 0.0) - (u if fin_u else 0.0)
+        c += int(not np.isnan(v)) - int(not np.isnan(u))
+        pinf += int(v == np.inf) - int(u == np.inf)
+        ninf += int(v == -np.inf) - int(u == -np.inf)
+        o[i] = _out_sum(s, c, pinf, ninf, min_count, scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _suffix_sums(x, lo, hi, w, k, s1, s2, sc):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Suffix sums of ``x - k`` and ``(x - k)**2`` (NaN skipped) over positions ``lo + t``.
+
+    ``s*[t]`` covers positions ``lo + t .. lo + w - 1`` clipped to ``[0, hi)``; ``s*[w]`` is empty.
+    """
+    q1 = 0.0
+    q2 = 0.0
+    qc = 0
+    s1[w] = 0.0
+    s2[w] = 0.0
+    sc[w] = 0
+    if lo >= 0 and lo + w <= hi:  # hot path: a whole block, no range checks
+        for t in range(w - 1, -1, -1):
+            u = x[lo + t]
+            ok = not np.isnan(u)
+            e = (u - k) if ok else 0.0
+            q1 += e
+            q2 += e * e
+            qc += ok
+            s1[t] = q1
+            s2[t] = q2
+            sc[t] = qc
+        return
+    for t in range(w - 1, -1, -1):
+        pos = lo + t
+        if 0 <= pos < hi:
+            u = x[pos]
+            ok = not np.isnan(u)
+            e = (u - k) if ok else 0.0
+            q1 += e
+            q2 += e * e
+            qc += ok
+        s1[t] = q1
+        s2[t] = q2
+        sc[t] = qc
+
+
+@numba.njit(cache=True, nogil=True)
+def _moments_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Moving var/std for ``o[start:stop]``; ``sf``/``si`` are (2, 2, w+1)/(2, w+1) buffers.
+
+    ``inv[n] = 1/n`` and ``invd[n] = 1/(n - ddof)`` (NaN where ``n <= ddof``) replace divisions.
+
+    Block decomposition (module docstring): the suffix of the previous block (double-buffered
+    in ``sf``/``si``) plus the running prefix of the current block.  The output select is one
+    comparison against ``lim = max(min_count, ddof + 1)``: a compound condition here made
+    LLVM keep branches and cost 2x (measured).
+    """
+    nan = np.nan
+    lim = max(min_count, ddof + 1)
+    # Shift of a (suffix, prefix) pair: the first finite value of the prefix's block.  That
+    # position lies in every window the pair serves, so an outlier chosen as shift only ever
+    # costs precision in windows that contain the outlier anyway.
+    k_prev = _first_finite(x, start, stop, 0.0)
+    cur = 0
+    _suffix_sums(x, start - w, stop, w, k_prev, sf[cur, 0], sf[cur, 1], si[cur])
+    b = start
+    while b < stop:
+        length = min(w, stop - b)
+        nxt = 1 - cur
+        k_next = k_prev
+        if length == w and b + w < stop:  # a later block needs this block's suffix
+            k_next = _first_finite(x, b + w, min(b + 2 * w, stop), k_prev)
+            _suffix_sums(x, b, stop, w, k_next, sf[nxt, 0], sf[nxt, 1], si[nxt])
+        # suffix from j + 1 on, as 0-based views (no wraparound code in the loop)
+        c1 = sf[cur, 0, 1:]
+        c2 = sf[cur, 1, 1:]
+        cc = si[cur, 1:]
+        xb = x[b : b + length]
+        ob = o[b : b + length]
+        p1 = 0.0
+        p2 = 0.0
+        pc = 0
+        for j in range(length):
+            v = xb[j]
+            ok = not np.isnan(v)
+            d = (v - k_prev) if ok else 0.0
+            p1 += d
+            p2 += d * d
+            pc += ok
+            n = pc + cc[j]
+            s1 = p1 + c1[j]
+            s2 = p2 + c2[j]
+            var = (s2 - s1 * s1 * inv[n]) * invd[n]
+            if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
+                var = 0.0
+            r = np.sqrt(var) if want_std else var
+            ob[j] = r if n >= lim else nan
+        cur = nxt
+        k_prev = k_next
+        b += length
+
+
+@numba.njit(cache=True, nogil=True)
+def _extreme_task(x, o, start, stop, w, min_count, is_max, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """van Herk / Gil-Werman min or max; NaN is skipped (acts as the identity, +-inf)."""
+    nan = np.nan
+    ident = -np.inf if is_max else np.inf
+    cur = 0
+    acc = ident
+    cnt = 0
+    sf[cur, w] = ident
+    si[cur, w] = 0
+    for t in range(w - 1, -1, -1):
+        pos = start - w + t
+        if pos >= 0:
+            v = x[pos]
+            if not np.isnan(v):
+                cnt += 1
+                if (v > acc) if is_max else (v < acc):
+                    acc = v
+        sf[cur, t] = acc
+        si[cur, t] = cnt
+    b = start
+    while b < stop:
+        length = min(w, stop - b)
+        full = length == w and b + w < stop
+        nxt = 1 - cur
+        if full:
+            sf[nxt, w] = ident
+            si[nxt, w] = 0
+        p = ident
+        pc = 0
+        q = ident
+        qc = 0
+        for j in range(length):
+            v = x[b + j]
+            if not np.isnan(v):
+                pc += 1
+                if (v > p) if is_max else (v < p):
+                    p = v
+            if full:
+                jj = w - 1 - j
+                u = x[b + jj]
+                if not np.isnan(u):
+                    qc += 1
+                    if (u > q) if is_max else (u < q):
+                        q = u
+                sf[nxt, jj] = q
+                si[nxt, jj] = qc
+            n = pc + si[cur, j + 1]
+            s = sf[cur, j + 1]
+            m = max(p, s) if is_max else min(p, s)
+            o[b + j] = m if n >= min_count else nan  # one select, no branch (see _moments_task)
+        cur = nxt
+        b += length
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _moments(a2, out2, w, min_count, ddof, op, rows, starts, stops, tb, sf, si, inv, invd):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        for k in range(tb[t], tb[t + 1]):
+            r = rows[k]
+            if op <= 1:
+                _sum_task(a2[r], out2[r], starts[k], stops[k], w, min_count, inv)
+            else:
+                _moments_task(
+                    a2[r],
+                    out2[r],
+                    starts[k],
+                    stops[k],
+                    w,
+                    min_count,
+                    ddof,
+                    op == 3,
+                    sf[t],
+                    si[t],
+                    inv,
+                    invd,
+                )
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _extremes(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        for k in range(tb[t], tb[t + 1]):
+            r = rows[k]
+            _extreme_task(a2[r], out2[r], starts[k], stops[k], w, min_count, is_max, sf[t], si[t])
+
+
+# --------------------------------------------------------------------------- planning (pure)
+
+
+def _plan(nrows: int, n: int, w: int, threads: int) -> tuple[np.ndarray, ...]:
+    """(rows, starts, stops, thread_bounds): tasks split evenly over ``threads`` workers.
+
+    Rows are the unit of work when there are enough of them; otherwise each row is cut into
+    segments of at least ``max(_MIN_SEGMENT, 4*w)`` values (a segment re-reads ``w`` values).
+    """
+    segs = 1
+    if nrows < threads:
+        per_row = -(-threads // nrows)
+        segs = max(1, min(per_row, n // max(_MIN_SEGMENT, 4 * w)))
+    cuts = np.linspace(0, n, segs + 1).astype(np.int64)
+    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
+    starts = np.tile(cuts[:-1], nrows)
+    stops = np.tile(cuts[1:], nrows)
+    workers = max(1, min(threads, rows.shape[0]))
+    tb = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
+    return rows, starts, stops, tb
+
+
+def _check_min_count(min_count: Any, window: int) -> int:
+    if min_count is None:
+        return window
+    mc = check_positive_int(min_count, "min_count")
+    if mc > window:
+        raise ValueError(f"min_count must be <= window ({window}), got {mc}")
+    return mc
+
+
+def _check_ddof(ddof: Any) -> int:
+    return check_positive_int(ddof, "ddof", minimum=0)
+
+
+def _as_2d_out(out: np.ndarray, ax: int, nrows: int, n: int) -> np.ndarray | None:
+    """A (nrows, n) view of ``out`` with ``ax`` moved last, or None if that needs a copy."""
+    view = np.moveaxis(out, ax, -1).view()
+    try:
+        view.shape = (nrows, n)
+    except AttributeError:
+        return None
+    return view
+
+
+def _run_numpy(
+    op: int,
+    arr: np.ndarray,
+    w_user: int,
+    min_count: int,
+    ddof: int,
+    ax: int,
+    out: np.ndarray | None,
+    threads: int | None,
+) -> np.ndarray:
+    dtype = arr.dtype
+    if out is None:
+        out = np.empty(arr.shape, dtype=dtype)
+    else:
+        check_out(out, arr.shape, dtype)
+    moved = np.moveaxis(arr, ax, -1)
+    n = moved.shape[-1]
+    nrows = int(np.prod(moved.shape[:-1], dtype=np.int64))
+    if nrows == 0 or n == 0:
+        return out
+    # Kernels see C-contiguous rows only: strided reads would be slow anyway, and one layout
+    # means one compiled specialisation per dtype instead of several.
+    a2 = np.ascontiguousarray(moved.reshape(nrows, n))
+    view = _as_2d_out(out, ax, nrows, n)
+    tmp = view is None or not view.flags.c_contiguous
+    o2 = np.empty((nrows, n), dtype=dtype) if view is None or tmp else view
+    w = min(w_user, n)  # a window longer than the row behaves like one of the row's length
+    with kernel_threads(threads) as nthreads:
+        rows, starts, stops, tb = _plan(nrows, n, w, nthreads)
+        workers = tb.shape[0] - 1
+        si = np.empty((workers, 2, w + 1), dtype=np.int64)
+        if op in (_MIN, _MAX):
+            sf = np.empty((workers, 2, w + 1), dtype=np.float64)
+            _extremes(a2, o2, w, min_count, op == _MAX, rows, starts, stops, tb, sf, si)
+        else:
+            sf3 = np.empty((workers, 2, 2, w + 1), dtype=np.float64)
+            # scale[n] multiplies a sum of n values: 1/n for means, 1 for sums (exact), so the
+            # sum and mean loops are one branch-free kernel.
+            inv = np.empty(w + 1, dtype=np.float64)
+            inv[0] = np.nan
+            inv[1:] = 1.0 / np.arange(1, w + 1, dtype=np.float64) if op != _SUM else 1.0
+            denom = np.arange(w + 1, dtype=np.float64) - ddof
+            invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
+            _moments(a2, o2, w, min_count, ddof, op, rows, starts, stops, tb, sf3, si, inv, invd)
+    if tmp:
+        np.moveaxis(out, ax, -1)[...] = o2.reshape(moved.shape)
+    return out
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _moving(
+    op: int,
+    a: Any,
+    window: Any,
+    min_count: Any,
+    axis: Any,
+    dim: str | None,
+    ddof: Any,
+    out: Any,
+    threads: int | None,
+) -> Any:
+    name = _NAMES[op]
+    w = check_positive_int(window, "window")
+    mc = _check_min_count(min_count, w)
+    dd = _check_ddof(ddof)
+    if is_xarray(a):
+        if out is not None:
+            raise TypeError("out is not supported for xarray input")
+        return _moving_xarray(op, a, w, mc, axis, dim, dd, threads)
+    if dim is not None:
+        raise TypeError(f"dim= is only for xarray input; use axis= for {type(a).__name__}")
+    if is_dask(a):
+        if out is not None:
+            raise TypeError("out is not supported for dask input (the result is lazy)")
+        return _moving_dask(op, a, w, mc, axis, dd, threads)
+    arr = as_real_array(a, "a")
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        raise ValueError(f"moving_{name} needs at least a 1-D array, got a scalar")
+    ax = normalize_axis(axis, arr.ndim)
+    return _run_numpy(op, arr, w, mc, dd, ax, out, threads)
+
+
+def _moving_dask(
+    op: int, a: Any, w: int, mc: int, axis: Any, ddof: int, threads: int | None
+) -> Any:
+    import dask.array as da
+
+    a = da.asarray(a)
+    if a.dtype.kind in "iu":
+        a = a.astype(np.float64)
+    elif not (a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)):
+        raise TypeError(f"a must have an integer, float32 or float64 dtype, got {a.dtype}")
+    ax = normalize_axis(axis, a.ndim)
+
+    def block(b: np.ndarray) -> np.ndarray:
+        return _run_numpy(op, b, w, mc, ddof, ax, None, threads)
+
+    if w == 1:
+        return a.map_blocks(block, dtype=a.dtype)
+
+    # map_overlap needs depth <= every chunk along the axis: merge chunks that are too small.
+    chunks = a.chunks[ax]
+    if len(chunks) > 1 and min(chunks) < w - 1:
+        a = a.rechunk({ax: max(w - 1, max(chunks))})
+    if len(a.chunks[ax]) == 1:  # the whole axis is in every block: no halo needed
+        return a.map_blocks(block, dtype=a.dtype)
+    depth = {i: ((w - 1, 0) if i == ax else 0) for i in range(a.ndim)}
+    return a.map_overlap(block, depth=depth, boundary="none", dtype=a.dtype)
+
+
+def _moving_xarray(
+    op: int, a: Any, w: int, mc: int, axis: Any, dim: str | None, ddof: int, threads: int | None
+) -> Any:
+    import xarray as xr
+
+    if dim is None:
+        dim = a.dims[normalize_axis(axis, a.ndim)]
+    elif dim not in a.dims:
+        raise ValueError(f"dim={dim!r} is not a dimension of the input (dims: {a.dims})")
+
+    def func(x: Any) -> Any:
+        return _moving(op, x, w, mc, -1, None, ddof, None, threads)
+
+    res = xr.apply_ufunc(
+        func, a, input_core_dims=[[dim]], output_core_dims=[[dim]], dask="allowed", keep_attrs=True
+    )
+    return res.transpose(*a.dims)
+
+
+def moving_sum(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving sum (see the module docstring for the window/NaN/inf rules)."""
+    return _moving(_SUM, a, window, min_count, axis, dim, 0, out, threads)
+
+
+def moving_mean(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving mean (bottleneck ``move_mean`` / pandas ``rolling().mean()``)."""
+    return _moving(_MEAN, a, window, min_count, axis, dim, 0, out, threads)
+
+
+def moving_var(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    ddof: int = 0,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving variance with ``ddof`` (0 like bottleneck; pandas' default is 1)."""
+    return _moving(_VAR, a, window, min_count, axis, dim, ddof, out, threads)
+
+
+def moving_std(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    ddof: int = 0,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving standard deviation (``sqrt`` of :func:`moving_var`)."""
+    return _moving(_STD, a, window, min_count, axis, dim, ddof, out, threads)
+
+
+def moving_min(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving minimum (van Herk / Gil-Werman, O(1) per element)."""
+    return _moving(_MIN, a, window, min_count, axis, dim, 0, out, threads)
+
+
+def moving_max(
+    a: Any,
+    window: int,
+    *,
+    min_count: int | None = None,
+    axis: int = -1,
+    dim: str | None = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Any:
+    """NaN-skipping moving maximum (van Herk / Gil-Werman, O(1) per element)."""
+    return _moving(_MAX, a, window, min_count, axis, dim, 0, out, threads)

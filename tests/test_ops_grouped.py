@@ -1,0 +1,289 @@
+"""ctrlstack.ops.grouped against numbagg group_nan*, pandas groupby and numpy.bincount.
+
+Tolerances:
+
+| kernel          | reference                           | tolerance               |
+|-----------------|-------------------------------------|-------------------------|
+| count           | numpy.bincount of non-NaN           | exact                   |
+| sum / mean      | numbagg, pandas, bincount           | rtol 1e-12, atol 1e-12  |
+| var             | numbagg, pandas (ddof=1)            | rtol 1e-9,  atol 1e-12  |
+| min / max       | numbagg, pandas                     | exact                   |
+| float32 values  | float64 computation                 | rtol 1e-6               |
+| large-offset var| exact per-group np.var              | rtol 1e-9 (numbagg is off by ~100 %) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctrlstack.ops.grouped import (
+    group_count,
+    group_max,
+    group_mean,
+    group_min,
+    group_sum,
+    group_var,
+)
+
+RNG = np.random.default_rng(11)
+NG = 7
+
+KERNELS: dict[str, Callable[..., Any]] = {
+    "sum": group_sum,
+    "mean": group_mean,
+    "var": group_var,
+    "min": group_min,
+    "max": group_max,
+    "count": group_count,
+}
+TOL = {
+    "sum": (1e-12, 1e-12),
+    "mean": (1e-12, 1e-12),
+    "var": (1e-9, 1e-12),
+    "min": (0, 0),
+    "max": (0, 0),
+    "count": (0, 0),
+}
+
+
+def data(shape: tuple[int, ...] = (3, 900)) -> tuple[np.ndarray, np.ndarray]:
+    v = RNG.normal(size=shape)
+    v[RNG.random(shape) < 0.1] = np.nan
+    labels = RNG.integers(0, NG, shape[-1])
+    labels[labels == 4] = 5  # group 4 is empty
+    return v, labels
+
+
+def pandas_ref(name: str, v: np.ndarray, labels: np.ndarray, ng: int) -> np.ndarray:
+    frame = pd.DataFrame(np.atleast_2d(v).T)
+    grouped = frame.groupby(labels)
+    res = getattr(grouped, name)()
+    res = res.reindex(range(ng))
+    if name in ("sum", "count"):
+        res = res.fillna(0)
+    out = res.to_numpy().T.reshape((*v.shape[:-1], ng))
+    return out.astype(np.int64) if name == "count" else out
+
+
+def assert_same(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> None:
+    if got.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_pandas(name: str, threads: int) -> None:
+    v, labels = data()
+    got = KERNELS[name](v, labels, NG, threads=threads)
+    assert got.shape == (3, NG)
+    assert_same(got, pandas_ref(name, v, labels, NG), *TOL[name])
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_matches_numbagg(name: str) -> None:
+    numbagg = pytest.importorskip("numbagg")
+    v, labels = data()
+    ref = getattr(numbagg, f"group_nan{name}")(v, labels, num_labels=NG, axis=-1)
+    got = KERNELS[name](v, labels, NG)
+    if name == "sum":  # numbagg leaves all-NaN/empty groups at 0 like us
+        pass
+    assert_same(got, ref.astype(got.dtype), *TOL[name])
+
+
+def test_bincount_reference_and_dtypes() -> None:
+    v, labels = data((5000,))
+    ok = ~np.isnan(v)
+    np.testing.assert_array_equal(group_count(v, labels, NG), np.bincount(labels[ok], minlength=NG))
+    np.testing.assert_allclose(
+        group_sum(v, labels, NG), np.bincount(labels[ok], v[ok], minlength=NG), rtol=1e-12
+    )
+    assert group_count(v, labels).dtype == np.int64
+    assert group_sum(v.astype(np.float32), labels).dtype == np.float32
+    assert group_mean(RNG.integers(0, 9, 50), RNG.integers(0, 3, 50)).dtype == np.float64
+
+
+def test_empty_groups_and_ngroups_default() -> None:
+    v, labels = data((400,))
+    s = group_sum(v, labels, NG + 2)
+    assert s[4] == 0.0
+    assert s[NG] == 0.0
+    for fn in (group_mean, group_var, group_min, group_max):
+        r = fn(v, labels, NG + 2)
+        assert np.isnan(r[4])
+        assert np.isnan(r[NG + 1])
+    assert group_count(v, labels, NG + 2)[NG] == 0
+    assert group_sum(v, labels).shape == (int(labels.max()) + 1,)
+
+
+def test_single_group_length_one_and_empty() -> None:
+    v = RNG.normal(size=50)
+    np.testing.assert_allclose(group_mean(v, np.zeros(50, dtype=np.int64)), [v.mean()], rtol=1e-13)
+    np.testing.assert_allclose(group_var(v, np.zeros(50, dtype=np.int64)), [v.var(ddof=1)])
+    np.testing.assert_allclose(group_var(v, np.zeros(50, dtype=np.int64), ddof=0), [v.var()])
+    assert np.isnan(group_var(np.array([1.0]), np.array([0]))[0])  # count - ddof == 0
+    np.testing.assert_array_equal(group_max(np.array([3.0]), np.array([0])), [3.0])
+    assert group_sum(np.array([]), np.array([], dtype=np.int64)).shape == (0,)
+    assert group_mean(np.empty((2, 0)), np.array([], dtype=np.int64), 3).shape == (2, 3)
+
+
+def test_nan_inf_all_nan_group() -> None:
+    v = np.array([np.nan, np.nan, 1.0, np.inf, 2.0, -np.inf, 5.0])
+    labels = np.array([0, 0, 1, 1, 2, 2, 3])
+    np.testing.assert_array_equal(group_count(v, labels), [0, 2, 2, 1])
+    np.testing.assert_array_equal(group_sum(v, labels), [0.0, np.inf, -np.inf, 5.0])
+    np.testing.assert_array_equal(group_mean(v, labels), [np.nan, np.inf, -np.inf, 5.0])
+    np.testing.assert_array_equal(group_min(v, labels), [np.nan, 1.0, -np.inf, 5.0])
+    np.testing.assert_array_equal(group_max(v, labels), [np.nan, np.inf, 2.0, 5.0])
+    var = group_var(v, labels)
+    assert np.isnan(var[:3]).all()  # a group holding an inf
+    assert np.isnan(var[3])  # a single value with ddof=1
+
+
+def test_large_offset_variance_is_accurate() -> None:
+    v = 1e8 + RNG.normal(size=20_000)
+    labels = RNG.integers(0, 3, v.size)
+    exact = np.array([v[labels == g].var(ddof=1) for g in range(3)])
+    for threads in (1, 2):
+        np.testing.assert_allclose(group_var(v, labels, 3, threads=threads), exact, rtol=1e-9)
+
+
+def test_axis_layouts_float32_and_int32_labels() -> None:
+    v, labels = data((40, 300))
+    ref = group_mean(v, labels, NG)
+    np.testing.assert_allclose(group_mean(np.ascontiguousarray(v.T), labels, NG, axis=0).T, ref)
+    np.testing.assert_allclose(group_mean(np.asfortranarray(v), labels, NG), ref)
+    np.testing.assert_allclose(group_mean(v[::2], labels, NG), ref[::2])
+    np.testing.assert_allclose(
+        group_mean(v.astype(np.float32), labels, NG), ref, rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(group_sum(v, labels.astype(np.int32), NG), group_sum(v, labels, NG))
+
+
+def test_parallel_segments_equal_serial() -> None:
+    v, labels = data((300_000,))
+    for fn in (group_sum, group_var, group_min):
+        assert_same(fn(v, labels, NG, threads=2), fn(v, labels, NG, threads=1), 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("labels", "ngroups", "exc", "match"),
+    [
+        (np.array([0, -1, 2]), None, ValueError, "labels must be >= 0"),
+        (np.array([0, -1, 2]), 3, ValueError, "labels must be >= 0"),
+        (np.array([0, 1, 5]), 3, ValueError, "ngroups=3"),
+        (np.array([0.0, 1.0, 2.0]), None, TypeError, "integer dtype"),
+        (np.array([0, 1]), None, ValueError, "one entry per position"),
+        (np.array([[0, 1, 2]]), None, ValueError, "1-D"),
+        (np.array([0, 1, 2]), -2, ValueError, "ngroups"),
+    ],
+)
+def test_label_errors(labels: np.ndarray, ngroups: int | None, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        group_sum(np.ones(3), labels, ngroups)
+
+
+def test_value_errors() -> None:
+    with pytest.raises(TypeError, match="values must have"):
+        group_sum(np.array(["a"]), np.array([0]))
+    with pytest.raises(ValueError, match="ddof"):
+        group_var(np.ones(3), np.zeros(3, dtype=np.int64), ddof=-1)
+    with pytest.raises(ValueError, match="axis"):
+        group_sum(np.ones((2, 3)), np.zeros(3, dtype=np.int64), axis=3)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "var", "max", "count"])
+def test_dask_tree_reduction_equals_numpy(name: str) -> None:
+    da = pytest.importorskip("dask.array")
+    v, labels = data((4, 1000))
+    d = da.from_array(v, chunks=(2, 90))  # 12 blocks along the axis -> a real tree
+    res = KERNELS[name](d, labels, NG)
+    assert isinstance(res, da.Array)
+    assert_same(res.compute(), KERNELS[name](v, labels, NG), 1e-12, 1e-12)
+    res0 = KERNELS[name](
+        da.from_array(np.ascontiguousarray(v.T), chunks=(70, 3)), labels, NG, axis=0
+    )
+    assert_same(res0.compute().T, KERNELS[name](v, labels, NG), 1e-12, 1e-12)
+
+
+def test_dask_labels_need_ngroups() -> None:
+    da = pytest.importorskip("dask.array")
+    v, labels = data((500,))
+    dl = da.from_array(labels, chunks=100)
+    res = group_var(da.from_array(v, chunks=120), dl, NG)
+    np.testing.assert_allclose(res.compute(), group_var(v, labels, NG), rtol=1e-12)
+    with pytest.raises(ValueError, match="ngroups is required"):
+        group_sum(da.from_array(v, chunks=100), dl)
+
+
+def test_xarray_dim_and_group_coordinate() -> None:
+    xr = pytest.importorskip("xarray")
+    da = pytest.importorskip("dask.array")
+    v, labels = data((3, 200))
+    arr = xr.DataArray(v, dims=("station", "time"), coords={"station": ["a", "b", "c"]})
+    res = group_mean(arr, labels, NG, dim="time")
+    assert res.dims == ("station", "group")
+    np.testing.assert_array_equal(res.station, arr.station)
+    np.testing.assert_array_equal(res.group, np.arange(NG))
+    np.testing.assert_allclose(res.values, group_mean(v, labels, NG))
+    lazy = group_max(arr.chunk({"time": 50}), labels, NG, dim="time")
+    assert isinstance(lazy.data, da.Array)
+    np.testing.assert_array_equal(lazy.values, group_max(v, labels, NG))
+
+
+def test_concurrent_python_threads() -> None:
+    """Parallel kernels entered from several Python threads at once (a Dask worker's situation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    v, labels = data((200_000,))
+    ref = group_var(v, labels, NG, threads=1)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: group_var(v, labels, NG, threads=2), range(12)))
+    for res in results:
+        np.testing.assert_allclose(res, ref, rtol=1e-12)
+
+
+def _all_families_in_worker() -> list[float]:
+    """Runs inside a Dask worker: one call of every scientific family, errors vs. references."""
+    from ctrlstack.ops.histograms import histogram
+    from ctrlstack.ops.moving import moving_mean
+    from ctrlstack.ops.stencils import heat_diffusion
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=100_000)
+    labels = rng.integers(0, 5, v.size)
+    u = v[:10_000].reshape(100, 100)
+    step = u.copy()
+    step[1:-1, 1:-1] += 0.2 * (
+        u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:] - 4 * u[1:-1, 1:-1]
+    )
+    errs = [
+        float(np.abs(histogram(v, 16, (-2, 2))[0] - np.histogram(v, 16, (-2, 2))[0]).max()),
+        float(np.abs(group_mean(v, labels, 5) - [v[labels == g].mean() for g in range(5)]).max()),
+        float(np.nanmax(np.abs(moving_mean(v, 10) - pd.Series(v).rolling(10).mean().to_numpy()))),
+        float(np.abs(heat_diffusion(u, 1, alpha=0.2) - step).max()),
+    ]
+    return errs
+
+
+@pytest.mark.slow
+def test_inside_a_multithreaded_dask_worker() -> None:
+    """Two task threads in one worker process call the parallel kernels at the same time."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        futures = [client.submit(_all_families_in_worker, pure=False) for _ in range(6)]
+        results = client.gather(futures, errors="raise")
+    assert len(results) == 6
+    for errs in results:
+        assert errs[0] == 0.0
+        assert max(errs) < 1e-9

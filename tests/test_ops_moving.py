@@ -1,0 +1,267 @@
+"""ctrlstack.ops.moving against pandas rolling, bottleneck move_* and a brute-force window loop.
+
+Semantics: bottleneck's (``min_count`` default = window, ``ddof`` default 0) with pandas'
+NaN pattern (``rolling(window, min_periods=min_count)``); the NaN pattern must match exactly.
+
+Tolerances:
+
+| kernel              | reference                 | tolerance                          |
+|---------------------|---------------------------|------------------------------------|
+| sum / mean          | pandas, bottleneck        | rtol 1e-9, atol 1e-12 (float64)    |
+| var / std           | pandas, bottleneck        | rtol 1e-8, atol 1e-12 (float64)    |
+| min / max           | pandas, bottleneck        | exact                              |
+| float32 input       | pandas on float64 values  | rtol 1e-5, atol 1e-6               |
+| large-offset var    | exact per-window np.var   | rtol 1e-9 (references are ~1e-7)   |
+| inf handling        | brute-force window loop   | exact (references disagree: see docstring of moving.py) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctrlstack.ops.moving import (
+    moving_max,
+    moving_mean,
+    moving_min,
+    moving_std,
+    moving_sum,
+    moving_var,
+)
+
+RNG = np.random.default_rng(3)
+
+KERNELS: dict[str, Callable[..., np.ndarray]] = {
+    "sum": moving_sum,
+    "mean": moving_mean,
+    "var": moving_var,
+    "std": moving_std,
+    "min": moving_min,
+    "max": moving_max,
+}
+TOL = {
+    "sum": (1e-9, 1e-12),
+    "mean": (1e-9, 1e-12),
+    "var": (1e-8, 1e-12),
+    "std": (1e-8, 1e-12),
+    "min": (0, 0),
+    "max": (0, 0),
+}
+
+
+def pandas_ref(name: str, a: np.ndarray, window: int, min_count: int, ddof: int = 0) -> np.ndarray:
+    """pandas rolling along the last axis (rows of a 2-D array are independent series)."""
+    frame = pd.DataFrame(np.atleast_2d(a).astype(np.float64).T)
+    roll = frame.rolling(window, min_periods=min_count)
+    res = getattr(roll, name)(ddof=ddof) if name in ("var", "std") else getattr(roll, name)()
+    return res.to_numpy().T.reshape(a.shape)
+
+
+def brute(name: str, a: np.ndarray, window: int, min_count: int, ddof: int = 0) -> np.ndarray:
+    """Window-by-window NumPy definition (1-D), including exact inf semantics."""
+    out = np.full(a.shape, np.nan)
+    for i in range(a.size):
+        win = a[max(0, i - window + 1) : i + 1]
+        win = win[~np.isnan(win)]
+        if win.size < min_count:
+            continue
+        with np.errstate(invalid="ignore"):  # inf + -inf
+            out[i] = _brute_one(name, win, ddof)
+    return out
+
+
+def _brute_one(name: str, win: np.ndarray, ddof: int) -> float:
+    if name in ("var", "std"):
+        if win.size <= ddof:
+            return np.nan
+        v = win.var(ddof=ddof) if np.isfinite(win).all() else np.nan
+        return float(v if name == "var" else np.sqrt(v))
+    return float(getattr(win, name)())
+
+
+def with_nans(shape: tuple[int, ...], frac: float = 0.15) -> np.ndarray:
+    a = RNG.normal(size=shape)
+    a[RNG.random(shape) < frac] = np.nan
+    return a
+
+
+def assert_same(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> None:
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))  # NaN pattern first
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+WINDOWS = [(1, None), (3, None), (7, 2), (25, 25), (60, 1)]
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize(("window", "min_count"), WINDOWS)
+def test_matches_pandas_with_nans(name: str, window: int, min_count: int | None) -> None:
+    a = with_nans((3, 400))
+    ddof = 1 if name == "var" else 0
+    kwargs = {"ddof": ddof} if name in ("var", "std") else {}
+    got = KERNELS[name](a, window, min_count=min_count, **kwargs)
+    mc = window if min_count is None else min_count
+    assert_same(got, pandas_ref(name, a, window, mc, ddof), *TOL[name])
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_matches_bottleneck(name: str) -> None:
+    bn = pytest.importorskip("bottleneck")
+    a = with_nans((2000,))
+    got = KERNELS[name](a, 50, min_count=10)
+    ref = getattr(bn, f"move_{name}")(a, 50, min_count=10)
+    assert_same(got, ref, *TOL[name])
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_window_longer_than_row_and_edge_shapes(name: str) -> None:
+    fn = KERNELS[name]
+    a = with_nans((9,), frac=0.2)
+    assert_same(fn(a, 20, min_count=2), brute(name, a, 20, 2), 1e-12, 1e-12)
+    assert np.isnan(fn(a, 20)).all()  # min_count defaults to window > length
+    assert fn(np.empty(0), 3).shape == (0,)
+    one = fn(np.array([2.0]), 1)
+    ref = 0.0 if name in ("var", "std") else 2.0
+    np.testing.assert_array_equal(one, [ref])
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_inf_semantics_are_exact(name: str) -> None:
+    a = np.array([np.inf, 1.0, 2.0, np.nan, -np.inf, 3.0, 4.0, 5.0, np.inf, -np.inf, 1.0, 2.0])
+    got = KERNELS[name](a, 3, min_count=1)
+    ref = brute(name, a, 3, 1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_no_drift_after_huge_value_leaves() -> None:
+    # bottleneck's sum stays 1 low for the rest of the row once the 1e16 has left
+    c = np.array([1e16, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
+    np.testing.assert_array_equal(moving_sum(c, 2)[2:], [3.0] * 5)
+    np.testing.assert_array_equal(moving_mean(c, 2, threads=1)[2:], [1.5] * 5)
+    # bottleneck's variance returns 0 once the 1e16 has left; the exact answer is 0.25
+    a = np.array([1e16, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0])
+    for w in (2, 3):
+        got = moving_var(a, w)
+        np.testing.assert_allclose(got[w:], brute("var", a, w, w)[w:], rtol=1e-12)
+    b = RNG.normal(size=400)
+    b[[0, 57, 100, 203]] = [1e12, -1e12, 1e13, 1e12]  # outliers, some at block starts
+    for w in (3, 50):
+        np.testing.assert_allclose(moving_std(b, w), brute("std", b, w, w), rtol=1e-6)
+    big = 1e8 + RNG.normal(size=3000)
+    exact = brute("var", big, 100, 100, ddof=1)
+    np.testing.assert_allclose(moving_var(big, 100, ddof=1), exact, rtol=1e-9)
+    np.testing.assert_allclose(moving_std(big, 100, ddof=1), np.sqrt(exact), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mean", "std", "max"])
+def test_float32_int_and_layouts(name: str) -> None:
+    fn = KERNELS[name]
+    a64 = with_nans((40, 30))
+    a32 = a64.astype(np.float32)
+    got = fn(a32, 5, min_count=2)
+    assert got.dtype == np.float32
+    assert_same(got, pandas_ref(name, a32, 5, 2), 1e-5, 1e-6)
+    ints = RNG.integers(-5, 5, (4, 50))
+    got_i = fn(ints, 4)
+    assert got_i.dtype == np.float64
+    assert_same(got_i, pandas_ref(name, ints, 4, 4), 1e-12, 1e-12)
+    # axis=0 on C and Fortran arrays, and a strided view: same as the transposed problem
+    ref0 = pandas_ref(name, np.ascontiguousarray(a64.T), 6, 3).T
+    assert_same(fn(a64, 6, min_count=3, axis=0), ref0, *TOL[name])
+    assert_same(fn(np.asfortranarray(a64), 6, min_count=3, axis=0), ref0, *TOL[name])
+    view = a64[::2, ::3]
+    assert_same(fn(view, 3), pandas_ref(name, np.ascontiguousarray(view), 3, 3), *TOL[name])
+
+
+def test_3d_axis_and_out_buffer() -> None:
+    a = with_nans((3, 50, 4))
+    out = np.empty_like(a)
+    res = moving_mean(a, 5, min_count=1, axis=1, out=out)
+    assert res is out
+    ref = np.stack([pandas_ref("mean", np.ascontiguousarray(a[i].T), 5, 1).T for i in range(3)])
+    assert_same(out, ref, *TOL["mean"])
+    fout = np.empty_like(a, order="F")
+    moving_mean(a, 5, min_count=1, axis=1, out=fout)
+    assert_same(fout, ref, *TOL["mean"])
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_parallel_segments_equal_serial(name: str) -> None:
+    a = with_nans((200_000,), frac=0.01)  # long enough to be cut into segments for 2 threads
+    serial = KERNELS[name](a, 100, min_count=50, threads=1)
+    parallel = KERNELS[name](a, 100, min_count=50, threads=2)
+    assert_same(parallel, serial, 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"window": 0}, ValueError, "window"),
+        ({"window": 2.5}, TypeError, "window"),
+        ({"window": 3, "min_count": 4}, ValueError, "min_count"),
+        ({"window": 3, "min_count": 0}, ValueError, "min_count"),
+        ({"window": 3, "axis": 2}, ValueError, "axis"),
+        ({"window": 3, "out": np.empty(3)}, ValueError, "shape"),
+        ({"window": 3, "out": np.empty((2, 10), dtype=np.float32)}, TypeError, "dtype"),
+        ({"window": 3, "dim": "x"}, TypeError, "dim"),
+    ],
+)
+def test_errors(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        moving_mean(np.ones((2, 10)), **kwargs)
+
+
+def test_error_on_bad_dtype_and_ddof() -> None:
+    with pytest.raises(TypeError, match="a must have"):
+        moving_sum(np.ones(3, dtype=np.complex64), 2)
+    with pytest.raises(ValueError, match="ddof"):
+        moving_var(np.ones(3), 2, ddof=-1)
+
+
+@pytest.mark.parametrize(("axis", "chunks"), [(-1, (2, 37)), (0, (3, 40)), (-1, (4, 5))])
+def test_dask_overlap_equals_numpy(axis: int, chunks: tuple) -> None:
+    da = pytest.importorskip("dask.array")
+    a = with_nans((6, 120))
+    d = da.from_array(a, chunks=chunks)
+    for fn in (moving_sum, moving_std, moving_min):
+        res = fn(d, 12, min_count=3, axis=axis)
+        assert isinstance(res, da.Array)
+        assert_same(res.compute(), fn(a, 12, min_count=3, axis=axis), 1e-12, 1e-12)
+
+
+def test_xarray_dim_keeps_labels() -> None:
+    xr = pytest.importorskip("xarray")
+    da = pytest.importorskip("dask.array")
+    a = with_nans((4, 60))
+    arr = xr.DataArray(a, dims=("station", "time"), coords={"time": np.arange(60)})
+    res = moving_mean(arr, 5, min_count=1, dim="station")
+    assert res.dims == ("station", "time")
+    np.testing.assert_array_equal(res.time, arr.time)
+    assert_same(res.values, moving_mean(a, 5, min_count=1, axis=0), 1e-12, 1e-12)
+    lazy = moving_max(arr.chunk({"time": 20}), 7, min_count=2, dim="time")
+    assert isinstance(lazy.data, da.Array)
+    assert_same(lazy.values, moving_max(a, 7, min_count=2), 0, 0)
+    with pytest.raises(ValueError, match="dim"):
+        moving_mean(arr, 3, dim="nope")
+
+
+def test_concurrent_python_threads() -> None:
+    """Parallel kernels entered from several Python threads at once (a Dask worker's situation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = with_nans((8, 5000))
+    ref_std = moving_std(a, 30, min_count=5, threads=1)
+    ref_min = moving_min(a, 30, min_count=5, threads=1)
+
+    def work(i: int) -> np.ndarray:
+        fn = moving_std if i % 2 else moving_min
+        return fn(a, 30, min_count=5, threads=2)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(12)))
+    for i, res in enumerate(results):
+        assert_same(res, ref_std if i % 2 else ref_min, 0, 0)
