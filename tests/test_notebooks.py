@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,21 @@ def test_quickstart_runs(state_dir: Path) -> None:
     assert "mean of x @ x.T" in text  # the computation ran
     assert "crowding: OK" in text  # every worker thread inside its own slot
     assert ctrlstack.clusters() == []  # the notebook stopped its cluster
+
+
+def test_ops_notebook_runs() -> None:
+    nb = nbformat.read(NOTEBOOKS / "ops.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    text = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert "labels agree: 1.0" in text  # same clustering as scikit-learn from the same init
+    assert "equal to the NumPy result: True" in text  # lazy Dask path == NumPy path
+    assert "group: 12" in text  # xarray result has the new group dimension
+    (diff,) = re.findall(r"max abs difference (\S+),", text)
+    assert float(diff) < 1e-12  # the stencil matches NumPy slicing
