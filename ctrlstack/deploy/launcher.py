@@ -139,7 +139,7 @@ def start_supervisor(
             proc = _proc.spawn(argv, stdout=log, stderr=log, pass_fds=[write_fd], new_session=True)
         os.close(write_fd)
         write_fd = -1
-        report = _await_ready(read_fd, proc, timeout)
+        report = _await_ready(read_fd, timeout, log_path)
         proc.wait(5)  # the intermediate parent of the daemonised supervisor
     except BaseException as exc:
         if proc is not None:
@@ -159,7 +159,7 @@ def start_supervisor(
     return report
 
 
-def _await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
+def _await_ready(read_fd: int, timeout: float, log_path: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     buf = b""
     while b"\n" not in buf:
@@ -167,7 +167,7 @@ def _await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
         if left <= 0:
             raise LaunchError(
                 f"the supervisor did not report ready within {timeout:g} s "
-                f"(ctrlstack.launch-timeout); its log:\n{_tail(_log_of(proc))}"
+                f"(ctrlstack.launch-timeout); its log:\n{_tail(log_path)}"
             )
         ready, _, _ = select.select([read_fd], [], [], min(left, 0.5))
         if not ready:
@@ -177,7 +177,7 @@ def _await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
             # proc is only the intermediate parent of the double fork (it exits 0 at once), so
             # its exit code says nothing about the supervisor: the log does.
             raise LaunchError(
-                f"the supervisor exited before reporting ready; its log:\n{_tail(_log_of(proc))}"
+                f"the supervisor exited before reporting ready; its log:\n{_tail(log_path)}"
             )
         buf += chunk
     report: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
@@ -188,13 +188,3 @@ def _await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
         raise LaunchError(f"{report.get('type', 'Error')}: {message}")
     return report
 
-
-def _log_of(proc: Any) -> str | None:
-    # The log path is argv-independent; find it through the registry naming convention.
-    try:
-        args = list(proc.args)
-        name = args[args.index("--name") + 1]
-        state = args[args.index("--state-dir") + 1]
-        return os.path.join(state, "clusters", f"{name}.log")
-    except (ValueError, IndexError, AttributeError):
-        return None
