@@ -23,7 +23,6 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
-    "check_positive_int",
     "result_dtype",
     "single_threaded_blas",
 ]
@@ -69,15 +68,6 @@ def as_float_array(
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=target)
-
-
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum``; TypeError for non-integers, ValueError when too small."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 _blas_lock = threading.Lock()

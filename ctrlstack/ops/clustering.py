@@ -24,8 +24,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ctrlstack.ops._ml_common import as_float_array, check_positive_int, single_threaded_blas
+from ctrlstack.ops._ml_common import as_float_array, single_threaded_blas
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._scicheck import check_positive_int
 
 __all__ = ["KMeansResult", "assign", "kmeans", "kmeans_predict"]
 
@@ -289,8 +290,8 @@ def _check_init(init: Any, k: int, d: int, dtype: np.dtype[Any]) -> np.ndarray |
 
 
 def _check_common(k: Any, max_iter: Any, tol: Any) -> tuple[int, int, float]:
-    k = check_positive_int("k", k)
-    max_iter = check_positive_int("max_iter", max_iter)
+    k = check_positive_int(k, "k")
+    max_iter = check_positive_int(max_iter, "max_iter")
     if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating):
         raise TypeError(f"tol must be a float, got {type(tol).__name__}")
     if not tol >= 0:

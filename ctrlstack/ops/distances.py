@@ -23,11 +23,11 @@ from numba import prange
 
 from ctrlstack.ops._ml_common import (
     as_float_array,
-    check_positive_int,
     result_dtype,
     single_threaded_blas,
 )
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._scicheck import check_positive_int
 
 __all__ = ["METRICS", "knn", "pairwise_distances"]
 
@@ -352,7 +352,7 @@ def knn(
     """
     if k is None:
         raise TypeError("knn() needs k, the number of neighbours (e.g. knn(X, Y, 5) or k=5)")
-    k = check_positive_int("k", k)
+    k = check_positive_int(k, "k")
     code = _metric_code(metric)
     if is_xarray(X) or is_xarray(Y):
         raise TypeError("knn takes NumPy or dask arrays; pass DataArray.data")
