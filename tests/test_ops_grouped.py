@@ -188,6 +188,43 @@ def test_label_errors(labels: np.ndarray, ngroups: int | None, exc: type, match:
         group_sum(np.ones(3), labels, ngroups)
 
 
+@pytest.mark.parametrize("name", ["sum", "mean", "var", "count", "max"])
+@pytest.mark.parametrize("bad_at", [0, 1, 6])  # lane 0, lane 1, the odd tail (length 7)
+def test_invalid_label_in_any_lane_raises(name: str, bad_at: int) -> None:
+    """The kernels read two values per step into two lanes; a bad label anywhere must raise."""
+    for bad in (-3, 9):
+        labels = np.array([0, 1, 2, 0, 1, 2, 0])
+        labels[bad_at] = bad
+        with pytest.raises(ValueError, match="labels must"):
+            KERNELS[name](np.arange(7.0), labels, 3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001])
+def test_odd_and_even_lengths_match_bincount(n: int) -> None:
+    """Lane split and the odd tail: every value is counted exactly once."""
+    v = RNG.normal(size=n)
+    v[RNG.random(n) < 0.2] = np.nan
+    labels = RNG.integers(0, 3, n)
+    ok = ~np.isnan(v)
+    np.testing.assert_array_equal(group_count(v, labels, 3), np.bincount(labels[ok], minlength=3))
+    ref = np.bincount(labels[ok], v[ok], minlength=3)
+    np.testing.assert_allclose(group_sum(v, labels, 3), ref, rtol=1e-12, atol=1e-12)
+    exact = [
+        v[(labels == g) & ok].var(ddof=0) if ((labels == g) & ok).any() else np.nan
+        for g in range(3)
+    ]
+    np.testing.assert_allclose(group_var(v, labels, 3, ddof=0), exact, rtol=1e-9, atol=1e-12)
+
+
+def test_groups_with_different_offsets_keep_their_own_shift() -> None:
+    """Per-group shifts: groups at 0, 1e8 and -1e12 stay accurate in one pass (both lanes)."""
+    labels = RNG.integers(0, 3, 30_001)
+    v = RNG.normal(size=labels.size) + np.array([0.0, 1e8, -1e12])[labels]
+    exact = np.array([v[labels == g].var(ddof=1) for g in range(3)])
+    np.testing.assert_allclose(group_var(v, labels, 3, threads=1), exact, rtol=1e-6)
+    np.testing.assert_allclose(group_var(v, labels, 3)[:2], exact[:2], rtol=1e-9)
+
+
 def test_value_errors() -> None:
     with pytest.raises(TypeError, match="values must have"):
         group_sum(np.array(["a"]), np.array([0]))

@@ -157,6 +157,62 @@ def test_no_drift_after_huge_value_leaves() -> None:
     np.testing.assert_allclose(moving_std(big, 100, ddof=1), np.sqrt(exact), rtol=1e-9)
 
 
+def _step_and_walk() -> dict[str, np.ndarray]:
+    """Inputs that defeat a plain add/remove variance, several streaming chunks long."""
+    step = RNG.normal(size=6000)
+    step[2500:] = 1e6 + 1e-3 * RNG.normal(size=3500)  # tiny variance far from the first shift
+    walk = 1e8 + np.cumsum(RNG.normal(size=6000)) * 10.0  # drifts away from any fixed shift
+    spikes = RNG.normal(size=6000)
+    spikes[[100, 2047, 2048, 3000, 4500]] = [1e15, -1e14, 1e13, 1e16, np.inf]
+    return {"step": step, "walk": walk, "spikes": spikes}
+
+
+@pytest.mark.parametrize("case", ["step", "walk", "spikes"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streaming_variance_falls_back_when_precision_is_at_risk(case: str, threads: int) -> None:
+    """var/std stream over chunks; a chunk whose error bound fails is redone exactly."""
+    a = _step_and_walk()[case]
+    for w in (30, 200):
+        exact = brute("var", a, w, w, ddof=1)
+        got = moving_var(a, w, ddof=1, threads=threads)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exact))
+        fin = np.isfinite(exact)
+        # windows holding a 1e15 spike carry its rounding, relative to the spike (both codes)
+        quiet = fin & (np.abs(exact) < 1e20)
+        np.testing.assert_allclose(got[quiet], exact[quiet], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            moving_std(a, w, ddof=1, threads=threads)[quiet], np.sqrt(exact[quiet]), rtol=1e-9
+        )
+
+
+def test_streaming_guard_and_chunk_length() -> None:
+    """The guard proves a 1e-10 relative bound; huge windows skip streaming (guard 0)."""
+    from ctrlstack.ops import moving as m
+
+    chunk = m._stream_chunk_len(100)
+    guard = m._stream_guard(100, chunk)
+    assert chunk >= 16 * 100
+    eps = np.finfo(np.float64).eps
+    assert guard * 4 * eps * (chunk + 100) == pytest.approx(m._STREAM_RTOL)
+    assert m._stream_guard(100_000, m._stream_chunk_len(100_000)) == 0.0
+    # The step input really needs the fallback: streamed alone, the chunk holding the step is
+    # off by orders of magnitude, and the guard reports it; the chunk before it is trusted.
+    a = _step_and_walk()["step"]
+    w = 30
+    chunk = m._stream_chunk_len(w)
+    inv = np.r_[np.nan, 1.0 / np.arange(1, w + 1)]
+    denom = np.arange(w + 1.0) - 1
+    invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
+    out = np.empty_like(a)
+    exact = brute("var", a, w, w, ddof=1)
+    args = (w, w, False, inv, invd, m._stream_guard(w, chunk))
+    assert m._stream_chunk(a, out, 0, chunk, *args)
+    np.testing.assert_allclose(out[w:chunk], exact[w:chunk], rtol=1e-9)
+    assert not m._stream_chunk(a, out, chunk, 2 * chunk, *args)
+    rel = np.abs(out[chunk : 2 * chunk] - exact[chunk : 2 * chunk]) / exact[chunk : 2 * chunk]
+    assert rel.max() > 1e-3
+
+
 @pytest.mark.parametrize("name", ["mean", "std", "max"])
 def test_float32_int_and_layouts(name: str) -> None:
     fn = KERNELS[name]

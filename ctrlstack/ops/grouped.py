@@ -14,6 +14,10 @@ given one integer label per position along that axis, like numbagg's ``group_nan
 
 Kernel pattern: one pass over (row, segment) tasks spread over the threads; every worker owns
 private per-group accumulators (allocated by NumPy in the wrapper) that are merged afterwards.
+The label check is part of that pass (an invalid label is flagged and skipped, the wrapper
+raises afterwards).  sum/mean/count/var feed two accumulator lanes (even and odd positions)
+for instruction-level parallelism; ``var`` keeps one ``(count, sum, sum of squares, shift)``
+record per group so each value touches one cache line.
 ``var`` accumulates sums of ``x - K`` with a per-group shift ``K`` (the group's first value seen),
 which avoids the catastrophic cancellation of the textbook ``E[x²] - E[x]²`` for data with a large
 offset; partials are merged with Chan et al.'s parallel formula.  Dask: the same partials per
@@ -41,45 +45,122 @@ _MIN_SEGMENT = 1 << 16
 
 # Each loop runs 0-based over slices of its segment: with ``range(start, stop)`` Numba cannot
 # prove the index non-negative and emits negative-index wraparound code (25 % slower, measured).
+#
+# The label check is folded into the reduction loop: an invalid label sets a flag and is
+# skipped, and the wrapper raises after the pass, so no separate pass over the labels is made.
+# It is the *signed* test ``g < 0 or g >= ng`` on purpose: it also proves ``g >= 0`` to LLVM,
+# which then drops the wraparound code on ``acc[g]``.  A single unsigned comparison, or a
+# branch-free "spill slot" for bad labels, measured 1.2-1.8x slower for that reason.
+#
+# sum/mean/count/var read two values per iteration into two independent accumulator lanes
+# (``acc[0]``, ``acc[1]``, merged in the wrapper): 18.3 -> 15.9 ms for 1e7 values and 1000
+# groups, numbagg's loop (which skips the upper bound check) 15.5 ms, same run.  Four lanes
+# were slower (17.3 ms).
+
+_LANES = 2
 
 
 @numba.njit(cache=True, nogil=True)
 def _sum_task(x, lab, start, stop, ng, cr, sr, count):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """NaN-skipping sums, and counts unless ``count`` is False (``group_sum`` needs none)."""
+    """NaN-skipping sums, and counts unless ``count`` is False (``group_sum`` needs none).
+
+    ``cr``/``sr`` are (2, ng): lane 0 takes even positions of the segment, lane 1 odd ones.
+    """
     bad = False
     xs = x[start:stop]
     ls = lab[start:stop]
-    for i in range(xs.shape[0]):  # 0-based range: no negative-index wraparound code (-25 %)
-        g = ls[i]
+    s0 = sr[0]
+    s1 = sr[1]
+    c0 = cr[0]
+    c1 = cr[1]
+    m = xs.shape[0] // 2
+    if count:  # two loops instead of a test per element
+        for j in range(m):
+            g = ls[2 * j]
+            h = ls[2 * j + 1]
+            if g < 0 or g >= ng or h < 0 or h >= ng:
+                bad = True
+                continue
+            v = xs[2 * j]
+            u = xs[2 * j + 1]
+            if not np.isnan(v):
+                s0[g] += v
+                c0[g] += 1
+            if not np.isnan(u):
+                s1[h] += u
+                c1[h] += 1
+    else:
+        for j in range(m):
+            g = ls[2 * j]
+            h = ls[2 * j + 1]
+            if g < 0 or g >= ng or h < 0 or h >= ng:
+                bad = True
+                continue
+            v = xs[2 * j]
+            u = xs[2 * j + 1]
+            if not np.isnan(v):
+                s0[g] += v
+            if not np.isnan(u):
+                s1[h] += u
+    if xs.shape[0] > 2 * m:  # odd length: the last value goes to lane 0
+        g = ls[2 * m]
         if g < 0 or g >= ng:
             bad = True
-            continue
-        v = xs[i]
-        if not np.isnan(v):
-            sr[g] += v
-            if count:
-                cr[g] += 1
+        else:
+            v = xs[2 * m]
+            if not np.isnan(v):
+                s0[g] += v
+                c0[g] += 1
     return bad
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _var_add(acc, g, v):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Add ``v`` to group ``g``'s record ``(count, sum d, sum d**2, shift)``, ``d = v - shift``."""
+    n = acc[g, 0]
+    if n == 0.0:
+        acc[g, 3] = v  # the group's shift: its first value
+    d = v - acc[g, 3]
+    acc[g, 0] = n + 1.0
+    acc[g, 1] += d
+    acc[g, 2] += d * d
+
+
 @numba.njit(cache=True, nogil=True)
-def _var_task(x, lab, start, stop, ng, cr, sr, qr, kr):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _var_task(x, lab, start, stop, ng, acc):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Shifted moments per group into ``acc`` (2 lanes, ng, 4); see :func:`_var_add`.
+
+    One 32-byte record per group (array of structs) instead of four arrays: each value then
+    touches one cache line, and the 2-lane table (64 KB for 1000 groups) is as large as one
+    lane of four separate arrays.  Measured 23.5 -> 21.3 ms (numbagg 19.4) for 1e7 values.
+    Counts are float64, exact up to 2**53.
+    """
     bad = False
     xs = x[start:stop]
     ls = lab[start:stop]
-    for i in range(xs.shape[0]):
-        g = ls[i]
-        if g < 0 or g >= ng:
+    a0 = acc[0]
+    a1 = acc[1]
+    m = xs.shape[0] // 2
+    for j in range(m):
+        g = ls[2 * j]
+        h = ls[2 * j + 1]
+        if g < 0 or g >= ng or h < 0 or h >= ng:
             bad = True
             continue
-        v = xs[i]
+        v = xs[2 * j]
+        u = xs[2 * j + 1]
         if not np.isnan(v):
-            if cr[g] == 0:
-                kr[g] = v  # the group's shift: its first value
-            d = v - kr[g]
-            cr[g] += 1
-            sr[g] += d
-            qr[g] += d * d
+            _var_add(a0, g, v)
+        if not np.isnan(u):
+            _var_add(a1, h, u)
+    if xs.shape[0] > 2 * m:
+        g = ls[2 * m]
+        if g < 0 or g >= ng:
+            bad = True
+        else:
+            v = xs[2 * m]
+            if not np.isnan(v):
+                _var_add(a0, g, v)
     return bad
 
 
@@ -111,13 +192,11 @@ def _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad):  # type: 
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _g_var(a2, lab, ng, rows, starts, stops, tb, cnt, s1, s2, shift, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _g_var(a2, lab, ng, rows, starts, stops, tb, acc, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
     for t in numba.prange(tb.shape[0] - 1):
         for k in range(tb[t], tb[t + 1]):
             r = rows[k]
-            if _var_task(
-                a2[r], lab, starts[k], stops[k], ng, cnt[t, r], s1[t, r], s2[t, r], shift[t, r]
-            ):
+            if _var_task(a2[r], lab, starts[k], stops[k], ng, acc[t, r]):
                 bad[t] = True
 
 
@@ -158,30 +237,38 @@ def _partials(
     with kernel_threads(threads) as nthreads:
         rows, starts, stops, tb = _plan(nrows, n, nthreads)
         workers = tb.shape[0] - 1
-        shape = (workers, nrows, ng)
-        cnt = np.zeros(shape, dtype=np.int64)
         bad = np.zeros(workers, dtype=np.bool_)
-        if op in (_SUM, _MEAN, _COUNT):
-            s1 = np.zeros(shape, dtype=np.float64)
-            _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, op != _SUM, bad)
+        if op in (_SUM, _MEAN, _COUNT, _VAR):
+            # (worker, row, lane, group); lanes are merged like workers
+            lanes = (workers, nrows, _LANES, ng)
+            if op != _VAR:
+                cnt = np.zeros(lanes, dtype=np.int64)
+                s1 = np.zeros(lanes, dtype=np.float64)
+                _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, op != _SUM, bad)
+                _raise_if_bad(bad, lab, ng)
+                return {"n": cnt.sum(axis=(0, 2)), "sum": s1.sum(axis=(0, 2))}
+            acc = np.zeros((*lanes, 4), dtype=np.float64)  # (count, sum d, sum d**2, shift)
+            _g_var(a2, lab, ng, rows, starts, stops, tb, acc, bad)
             _raise_if_bad(bad, lab, ng)
-            return {"n": cnt.sum(axis=0), "sum": s1.sum(axis=0)}
-        if op == _VAR:
-            s1 = np.zeros(shape, dtype=np.float64)
-            s2 = np.zeros(shape, dtype=np.float64)
-            shift = np.zeros(shape, dtype=np.float64)
-            _g_var(a2, lab, ng, rows, starts, stops, tb, cnt, s1, s2, shift, bad)
-            _raise_if_bad(bad, lab, ng)
+            cnt, s1, s2, shift = (_lanes_first(acc[..., i]) for i in range(4))
+            cnt = cnt.astype(np.int64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = shift + s1 / cnt
                 m2 = s2 - s1 * s1 / cnt
             return _chan_merge(cnt, mean, m2)
+        shape = (workers, nrows, ng)
+        cnt = np.zeros(shape, dtype=np.int64)
         ident = -np.inf if op == _MAX else np.inf
         ext = np.full(shape, ident, dtype=np.float64)
         _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, op == _MAX, bad)
         _raise_if_bad(bad, lab, ng)
         reduce = np.max if op == _MAX else np.min
         return {"n": cnt.sum(axis=0), "ext": reduce(ext, axis=0)}
+
+
+def _lanes_first(z: np.ndarray) -> np.ndarray:
+    """(worker, row, lane, group) -> (worker * lane, row, group): one partial per (worker, lane)."""
+    return np.moveaxis(z, 2, 1).reshape(-1, z.shape[1], z.shape[3])
 
 
 def _chan_merge(n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> dict[str, np.ndarray]:
