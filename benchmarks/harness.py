@@ -39,12 +39,18 @@ class Case:
 
 
 def median_time(fns: Sequence[Callable[[], Any]], repeat: int) -> list[float]:
-    """Interleave ``fns`` ``repeat`` times (after one warm-up each); median seconds per fn."""
+    """Interleave ``fns`` ``repeat`` times (after one warm-up each); median seconds per fn.
+
+    The order rotates every repeat, so no implementation always runs right after another one has
+    flushed the caches (or left BLAS threads spinning).
+    """
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
+    for r in range(repeat):
+        order = [(r + k) % len(fns) for k in range(len(fns))]
+        for i in order:
+            fn = fns[i]
             gc.collect()
             t0 = time.perf_counter()
             fn()

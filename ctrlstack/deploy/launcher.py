@@ -187,4 +187,3 @@ def _await_ready(read_fd: int, timeout: float, log_path: str) -> dict[str, Any]:
             raise PlanError(message)
         raise LaunchError(f"{report.get('type', 'Error')}: {message}")
     return report
-
