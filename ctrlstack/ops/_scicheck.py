@@ -75,3 +75,24 @@ def split(n: int, parts: int) -> np.ndarray:
     """``parts + 1`` boundaries splitting ``range(n)`` into near-equal contiguous pieces."""
     parts = max(1, min(parts, n)) if n > 0 else 1
     return np.linspace(0, n, parts + 1).astype(np.int64)
+
+
+def row_segments(
+    nrows: int, n: int, threads: int, min_segment: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tasks ``(rows, starts, stops, thread_bounds)`` for ``threads`` workers over ``nrows × n``.
+
+    Rows are the unit of work when there are enough of them; otherwise each row is cut into
+    segments of at least ``min_segment`` values, so a few long rows still use every thread.
+    ``thread_bounds`` splits the task list into near-equal contiguous runs, one per worker.
+    """
+    segs = 1
+    if 0 < nrows < threads:
+        segs = max(1, min(-(-threads // nrows), n // min_segment))
+    cuts = np.linspace(0, n, segs + 1).astype(np.int64)
+    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
+    starts = np.tile(cuts[:-1], nrows)
+    stops = np.tile(cuts[1:], nrows)
+    workers = max(1, min(threads, rows.shape[0]))
+    bounds = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
+    return rows, starts, stops, bounds

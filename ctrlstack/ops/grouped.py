@@ -32,7 +32,12 @@ import numba
 import numpy as np
 
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import as_real_array, check_positive_int, normalize_axis
+from ctrlstack.ops._scicheck import (
+    as_real_array,
+    check_positive_int,
+    normalize_axis,
+    row_segments,
+)
 
 __all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
 
@@ -214,16 +219,7 @@ def _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad):  # type
 
 def _plan(nrows: int, n: int, threads: int) -> tuple[np.ndarray, ...]:
     """(rows, starts, stops, worker_bounds): rows, or segments of one row, per worker."""
-    segs = 1
-    if 0 < nrows < threads:
-        segs = max(1, min(-(-threads // nrows), n // _MIN_SEGMENT))
-    cuts = np.linspace(0, n, segs + 1).astype(np.int64)
-    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
-    starts = np.tile(cuts[:-1], nrows)
-    stops = np.tile(cuts[1:], nrows)
-    workers = max(1, min(threads, rows.shape[0]))
-    tb = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
-    return rows, starts, stops, tb
+    return row_segments(nrows, n, threads, _MIN_SEGMENT)
 
 
 def _partials(

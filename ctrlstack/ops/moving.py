@@ -55,7 +55,13 @@ import numba
 import numpy as np
 
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import as_real_array, check_out, check_positive_int, normalize_axis
+from ctrlstack.ops._scicheck import (
+    as_real_array,
+    check_out,
+    check_positive_int,
+    normalize_axis,
+    row_segments,
+)
 
 __all__ = ["moving_max", "moving_mean", "moving_min", "moving_std", "moving_sum", "moving_var"]
 
@@ -598,20 +604,10 @@ def _extremes_serial(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf
 def _plan(nrows: int, n: int, w: int, threads: int) -> tuple[np.ndarray, ...]:
     """(rows, starts, stops, thread_bounds): tasks split evenly over ``threads`` workers.
 
-    Rows are the unit of work when there are enough of them; otherwise each row is cut into
-    segments of at least ``max(_MIN_SEGMENT, 4*w)`` values (a segment re-reads ``w`` values).
+    Segments are at least ``max(_MIN_SEGMENT, 4*w)`` values long, because each one re-reads the
+    ``w - 1`` values before it to fill its first window.
     """
-    segs = 1
-    if nrows < threads:
-        per_row = -(-threads // nrows)
-        segs = max(1, min(per_row, n // max(_MIN_SEGMENT, 4 * w)))
-    cuts = np.linspace(0, n, segs + 1).astype(np.int64)
-    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
-    starts = np.tile(cuts[:-1], nrows)
-    stops = np.tile(cuts[1:], nrows)
-    workers = max(1, min(threads, rows.shape[0]))
-    tb = np.linspace(0, rows.shape[0], workers + 1).astype(np.int64)
-    return rows, starts, stops, tb
+    return row_segments(nrows, n, threads, max(_MIN_SEGMENT, 4 * w))
 
 
 #: Relative error (of a window's M2) that the streaming var/std path must provably stay below.
