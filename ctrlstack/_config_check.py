@@ -27,6 +27,7 @@ import yaml
 __all__ = [
     "NAMESPACE",
     "ConfigError",
+    "backend_options_schema",
     "builtin_profile",
     "describe",
     "field_error",
@@ -37,6 +38,7 @@ __all__ = [
     "schema",
     "section_schema",
     "suggest",
+    "validate_backend_options",
     "validate_profile",
     "validate_section",
 ]
@@ -453,6 +455,25 @@ def profile_key(name: str, profiles: Mapping[str, Any]) -> str | None:
         if key in profiles:
             return key
     return None
+
+
+def backend_options_schema(backend: str) -> dict[str, Any]:
+    """The schema of one backend's profile section (``$defs/backend-options/<backend>``)."""
+    return schema()["$defs"]["backend-options"].get(backend, {"type": "object"})
+
+
+def validate_backend_options(
+    backend: str, data: Any, profile: str | None, overridden: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Validate a backend section (already merged over its defaults); errors say ``<backend>.x``."""
+    node = backend_options_schema(backend)
+    if not isinstance(data, Mapping):
+        raise field_error(profile, backend, data, describe(node))
+    out = _canonical_keys(data, node.get("properties", {}), profile or NAMESPACE)
+    error = first_schema_error(out, node)
+    if error is not None:
+        raise schema_error_to_config_error(error, profile, backend, overridden or {})
+    return out
 
 
 def validate_section(section: Any) -> None:

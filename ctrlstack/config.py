@@ -35,6 +35,8 @@ import dask.config
 from ._config_check import (
     NAMESPACE,
     ConfigError,
+    backend_options_schema,
+    builtin_profile,
     describe,
     field_error,
     normalise_profile,
@@ -42,6 +44,7 @@ from ._config_check import (
     profile_key,
     section_schema,
     suggest,
+    validate_backend_options,
     validate_profile,
     validate_section,
 )
@@ -87,6 +90,9 @@ class ClusterSpec:
     adapt: tuple[int, int] | None
     env: Mapping[str, str] = field(hash=False)
     worker_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: The backend's own section (``local:``, ``slurm:``, ...), YAML keys, merged over
+    #: ``ctrlstack.backends.<backend>`` and validated against ``$defs/backend-options``.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # Give worker_options one shape whoever built the spec, so that to_dict/from_dict round
@@ -113,6 +119,9 @@ class ClusterSpec:
             if f.name == "profile":
                 continue
             value = getattr(self, f.name)
+            if f.name == "options":
+                out[self.backend] = copy.deepcopy(dict(value))
+                continue
             if f.name == "adapt" and value is not None:
                 value = {"minimum": value[0], "maximum": value[1]}
             elif f.name == "worker_options":
@@ -147,6 +156,13 @@ def _spec_from_profile(
     data: Mapping[str, Any], profile: str, overridden: Mapping[str, str]
 ) -> ClusterSpec:
     full = validate_profile(data, profile, overridden)
+    backend = full["backend"]
+    backend_options = validate_backend_options(
+        backend,
+        _merge(_backend_defaults(backend), full.get(backend) or {}),
+        profile,
+        overridden,
+    )
     adapt = full["adapt"]
     idle = full["idle-timeout"]
     limit = full["memory-limit"]
@@ -168,11 +184,31 @@ def _spec_from_profile(
             "resources": dict(options["resources"]),
             "local_directory": options["local-directory"],
         },
+        options=backend_options,
     )
 
 
+def _merge(base: Mapping[str, Any], over: Any) -> Any:
+    """``over`` merged onto ``base`` (mappings recursively); a non-mapping ``over`` wins as is, so
+    the validator reports it."""
+    if not isinstance(over, Mapping):
+        return over
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def _backend_defaults(backend: str) -> Mapping[str, Any]:
+    """``ctrlstack.backends.<backend>``: packaged defaults under site/user settings."""
+    packaged = _DEFAULTS[NAMESPACE].get("backends", {}).get(backend, {})
+    live = _section().get("backends", {})
+    live = live.get(backend, {}) if isinstance(live, Mapping) else {}
+    return _merge(packaged, live if isinstance(live, Mapping) else {})
+
+
 # ----------------------------------------------------------------------- public functions
-_FIELD_NAMES = tuple(f.name for f in fields(ClusterSpec) if f.name != "profile")
+_FIELD_NAMES = tuple(f.name for f in fields(ClusterSpec) if f.name not in ("profile", "options"))
 
 
 def _section() -> Mapping[str, Any]:
@@ -229,20 +265,12 @@ def get_profile(name: str | None = None, **overrides: Any) -> ClusterSpec:
     """Resolve profile ``name`` (default: ``ctrlstack.default-profile``) into a ClusterSpec.
 
     ``overrides`` use Python names (``workers=2``, ``task_threads=1``, ``memory_limit="2GiB"``,
-    ``adapt=(0, 8)``) and replace the whole field; ``None`` means YAML ``null``, not "unset".  The
-    profile and the overrides are validated together, so an override may fix a bad field and
-    cross-field rules see the final values.  Nothing is written anywhere.
+    ``adapt=(0, 8)``) and replace the whole field; ``None`` means YAML ``null``, not "unset".
+    Settings of the profile's backend section may be overridden the same way (``walltime=...``
+    for a Slurm profile, ``host=...`` for a local one).  The profile and the overrides are
+    validated together, so an override may fix a bad field and cross-field rules see the final
+    values.  Nothing is written anywhere.
     """
-    unknown = [k for k in overrides if k not in _FIELD_NAMES]
-    if unknown:
-        raise ConfigError(
-            f"unknown override {unknown[0]!r} for profile {name!r}"
-            f"{suggest(unknown[0], _FIELD_NAMES)}; allowed overrides: {', '.join(_FIELD_NAMES)}",
-            profile=name,
-            field=unknown[0],
-            value=overrides[unknown[0]],
-            allowed=", ".join(_FIELD_NAMES),
-        )
     if name is None:
         default = _section().get("default-profile")
         if not isinstance(default, str) or not default:
@@ -263,9 +291,31 @@ def get_profile(name: str | None = None, **overrides: Any) -> ClusterSpec:
     if not isinstance(body, Mapping):
         return _spec_from_profile(body, key, {})  # raises the "expected a mapping" error
     data = normalise_profile(body, key)
+    backend = data.get("backend", builtin_profile()["backend"])
+    section_keys = tuple(
+        backend_options_schema(backend).get("properties", {}) if isinstance(backend, str) else ()
+    )
+    allowed = _FIELD_NAMES + tuple(k.replace("-", "_") for k in section_keys)
+    unknown = [k for k in overrides if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"unknown override {unknown[0]!r} for profile {key!r}"
+            f"{suggest(unknown[0], allowed)}; allowed overrides: {', '.join(allowed)}",
+            profile=key,
+            field=unknown[0],
+            value=overrides[unknown[0]],
+            allowed=", ".join(allowed),
+        )
+    overridden: dict[str, str] = {}
     for python_name, value in overrides.items():
-        data[_yaml_name(python_name)] = value
-    overridden = {_yaml_name(k): k for k in overrides}
+        yaml_name = _yaml_name(python_name)
+        if python_name in _FIELD_NAMES:
+            data[yaml_name] = value
+            overridden[yaml_name] = python_name
+        else:
+            section = data.get(backend)
+            data[backend] = {**(section if isinstance(section, Mapping) else {}), yaml_name: value}
+            overridden[backend] = python_name
     return _spec_from_profile(data, key, overridden)
 
 

@@ -149,6 +149,8 @@ def test_packaged_defaults_survive_refresh() -> None:
     assert spec.to_dict() == {
         **PACKAGED_LOCAL,
         "worker-options": dict(PACKAGED_LOCAL["worker-options"]),
+        # the backend section, merged over ctrlstack.backends.local
+        "local": {"host": "127.0.0.1"},
     }
 
 
@@ -554,6 +556,7 @@ def test_hand_made_spec_round_trips() -> None:
         idle_timeout=None,
         adapt=None,
         env={},
+        options={"host": "127.0.0.1"},
     )
     assert spec.worker_options == {"resources": {}, "local_directory": None}
     assert ClusterSpec.from_dict(spec.to_dict(), profile="adhoc") == spec

@@ -17,6 +17,7 @@ import copy
 from typing import Any
 
 from distributed import Nanny, Scheduler, SpecCluster
+from distributed.security import Security
 
 from ctrlstack.topology.model import Machine
 from ctrlstack.topology.pin import worker_env
@@ -67,6 +68,10 @@ class PinnedLocalCluster(SpecCluster):
         Extra environment variables for every worker process.
     worker_options:
         Extra ``Nanny`` keyword arguments (``resources``, ``local_directory``).
+    host:
+        Address to listen on (scheduler, workers, dashboard).
+    security:
+        TLS credentials; with ``require_encryption`` every comm of the cluster is ``tls://``.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class PinnedLocalCluster(SpecCluster):
         env: dict[str, str] | None = None,
         worker_options: dict[str, Any] | None = None,
         host: str = "127.0.0.1",
+        security: Security | None = None,
         asynchronous: bool = False,
         name: str | None = None,
         silence_logs: int | bool = False,
@@ -96,12 +102,15 @@ class PinnedLocalCluster(SpecCluster):
         if self.task_threads < 1:
             raise ValueError(f"task_threads must be >= 1, got {task_threads!r}")
         self._extra_env = dict(env or {})
+        protocol = "tls" if security is not None and security.require_encryption else "tcp"
         self._template: dict[str, Any] = {
             "cls": Nanny,
             "options": {
                 "nthreads": self.task_threads,
                 "memory_limit": memory_limit,
                 "host": host,
+                "protocol": protocol,
+                "security": security,
                 "preload": [PRELOAD],
                 "dashboard": False,
                 "silence_logs": silence_logs,
@@ -112,6 +121,8 @@ class PinnedLocalCluster(SpecCluster):
             "cls": Scheduler,
             "options": {
                 "host": host,
+                "protocol": protocol,
+                "security": security,
                 "port": 0,
                 "dashboard": dashboard,
                 "dashboard_address": f"{host}:0" if dashboard else None,
@@ -122,6 +133,7 @@ class PinnedLocalCluster(SpecCluster):
             workers=specs,
             scheduler=scheduler,
             worker=self._template,
+            security=security,
             asynchronous=asynchronous,
             name=name,
             silence_logs=silence_logs,
