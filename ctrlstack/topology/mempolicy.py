@@ -328,6 +328,10 @@ _SYSCALLS: dict[tuple[str, int], tuple[int, int]] = {
 }
 
 
+#: The fallback on architectures missing from the table: libnuma's ``numaif.h`` wrappers.
+_LIBNUMA = "libnuma.so.1"
+
+
 def syscall_numbers(machine: str, pointer_bits: int) -> tuple[int, int] | None:
     """``(set_mempolicy, get_mempolicy)`` syscall numbers, or ``None`` for an unknown ABI."""
     return _SYSCALLS.get((machine.lower(), pointer_bits))
@@ -365,12 +369,12 @@ def _backend() -> _Backend | str:
             ),
         )
     try:  # libnuma's numaif wrappers know every architecture it was built for
-        numa = ctypes.CDLL("libnuma.so.1", use_errno=True)
+        numa = ctypes.CDLL(_LIBNUMA, use_errno=True)
         set_fn, get_fn = numa.set_mempolicy, numa.get_mempolicy
     except (OSError, AttributeError):
         return (
             f"no set_mempolicy syscall number known for {machine} ({bits}-bit) and "
-            "libnuma.so.1 is not installed"
+            f"{_LIBNUMA} is not installed"
         )
     set_fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong]
     get_fn.argtypes = [
@@ -381,7 +385,7 @@ def _backend() -> _Backend | str:
         ctypes.c_ulong,
     ]
     return _Backend(
-        "libnuma.so.1",
+        _LIBNUMA,
         lambda mode, mask, maxnode: int(set_fn(mode, mask, maxnode)),
         lambda mode, mask, maxnode, flags: int(get_fn(mode, mask, maxnode, None, flags)),
     )
