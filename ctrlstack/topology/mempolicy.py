@@ -139,7 +139,9 @@ def decide(nodes: Iterable[int], mode: str = DEFAULT_MODE) -> Decision:
     if mode == "none":
         return Decision(None, "memory policy disabled (mode none)")
     if not node_set:
-        return Decision(None, "the slot has no NUMA information; kernel default placement")
+        return Decision(
+            None, "no NUMA nodes for this worker (unpinned, or no NUMA information): kernel default"
+        )
     listed = format_cpulist(node_set)
     if mode == "bind":
         return Decision(
@@ -323,7 +325,6 @@ def resident_by_node(proc: str = "/proc/self") -> dict[int, int] | None:
 _SYSCALLS: dict[tuple[str, int], tuple[int, int]] = {
     ("x86_64", 64): (238, 239),
     ("aarch64", 64): (237, 236),
-    ("arm64", 64): (237, 236),
     ("riscv64", 64): (237, 236),
 }
 
@@ -377,12 +378,13 @@ def _backend() -> _Backend | str:
             f"{_LIBNUMA} is not installed"
         )
     set_fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong]
+    # numaif.h: long get_mempolicy(int *, unsigned long *, unsigned long, void *, unsigned)
     get_fn.argtypes = [
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_ulong,
         ctypes.c_void_p,
-        ctypes.c_ulong,
+        ctypes.c_uint,
     ]
     return _Backend(
         _LIBNUMA,
