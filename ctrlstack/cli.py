@@ -102,6 +102,15 @@ def _with_source(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="ctrlstack")
 def main() -> None:
     """ctrlstack: topology-pinned Dask clusters from notebooks, scripts and the shell."""
+    # A malformed Dask config file fails `import ctrlstack.config` (Dask reads every file while it
+    # is imported), and the commands import it before their _errors() block: report it here.
+    from ctrlstack._config_check import ConfigError
+
+    try:
+        import ctrlstack.config  # noqa: F401
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
 
 
 # ------------------------------------------------------------------------------------ topology
