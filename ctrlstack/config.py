@@ -288,7 +288,7 @@ def _source_of(keys: Sequence[Any]) -> str | None:
 
     Dask keeps no record of origins, so this asks every source, highest priority first, for the
     same value.  A key missing from the live config (a required sub-key) is looked up through
-    its nearest present parent.  Only called on the error path: it reads the config files.
+    its nearest present parent.  Only called on the error path.
     """
     keys = list(keys)
     live = _dig(dask.config.config, keys)
