@@ -1,10 +1,10 @@
 """Validate profile data against ``ctrlstack-schema.yaml`` with messages people can act on.
 
-Pure: reads only the two packaged YAML files and never touches ``dask.config`` or the disk
-otherwise.  :mod:`ctrlstack.config` is the public face; this module holds the parts that need no
-Dask: schema loading, schema -> English (:func:`describe`), translation of ``jsonschema`` errors
-into :class:`ConfigError`, and the rules JSON Schema cannot state (cross-field limits,
-``parse_bytes`` strings).
+Pure: never touches ``dask.config``, and reads only the two packaged YAML files (plus, to quote
+its problem in one line, a Dask config file that Dask found malformed).  :mod:`ctrlstack.config`
+is the public face; this module holds the parts that need no Dask: schema loading, schema ->
+English (:func:`describe`), translation of ``jsonschema`` errors into :class:`ConfigError`, and
+the rules JSON Schema cannot state (cross-field limits, ``parse_bytes`` strings).
 
 Every message has the shape ``profile 'p': field 'f' = value is not allowed; expected <what>``
 (``choose one of ...`` for enums), where ``<what>`` is generated from the schema keywords, so the
