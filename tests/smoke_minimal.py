@@ -311,7 +311,7 @@ try:
 
     @check("ctrlstack status")
     def _() -> None:
-        cli("status", "smoke", expect=r"smoke: 1/1 workers up")
+        cli("status", "smoke", expect=r"smoke: running, 1/1 workers up")
 
     @check("ctrlstack scale")
     def _() -> None:
