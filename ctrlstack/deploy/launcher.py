@@ -112,7 +112,7 @@ def start_supervisor(
         if isinstance(replaced, ClusterRecord):
             # A dead cluster held the name: stop its leftovers and jobs (its record is gone).
             if replaced.local and replaced.supervisor is not None and replaced.pgid is not None:
-                procs.stop_group(replaced.pgid, since=replaced.created)
+                procs.stop_leftovers(replaced.pgid, since=replaced.created)
             lifecycle._cancel_jobs(replaced)
         shutil.rmtree(registry.cluster_dir(name), ignore_errors=True)  # a dead one's files
         registry.make_cluster_dir(name)
