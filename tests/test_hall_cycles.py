@@ -44,6 +44,7 @@ def ours(state_dir: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.timeout(1500)  # ~5-15 s per cycle on a loaded 2-core machine
 def test_fifty_launch_stop_cycles_leave_nothing(state_dir: Path) -> None:
     keep_per_name, _ = log_retention()
     registry = Registry(state_dir)
@@ -63,6 +64,7 @@ def test_fifty_launch_stop_cycles_leave_nothing(state_dir: Path) -> None:
         assert not alive(sup), f"cycle {i}: supervisor {sup.pid} still runs after stop"
         assert registry.names() == [], f"cycle {i}: {registry.names()}"
         timings.append((t1 - t0, time.monotonic() - t1))
+        print(f"cycle {i}: launch {t1 - t0:.1f} s, stop {time.monotonic() - t1:.1f} s", flush=True)
     total = time.monotonic() - t_all
     print(
         f"\n{CYCLES} cycles in {total:.1f} s; launch median "
