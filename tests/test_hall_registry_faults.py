@@ -377,11 +377,6 @@ def test_huge_worker_count_is_refused(state_dir: Path) -> None:
     assert "0<=x<=100000" in errors[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dask's own 'config file is malformed' message carries the multi-line YAML parser "
-    "error; ctrlstack prints it after 'error:' unshortened (exit 2, no traceback)",
-)
 def test_malformed_yaml_in_dask_config_is_one_line(state_dir: Path, tmp_path: Path) -> None:
     conf = tmp_path / "dask"
     conf.mkdir()

@@ -78,14 +78,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     "behaviour",
     [
         "plain",
-        pytest.param(
-            "ignore-sigterm",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the script only gets SIGTERM (parent-death signal) when `ctrlstack run` "
-                "is SIGKILLed; one that ignores SIGTERM keeps running, reparented",
-            ),
-        ),
+        "ignore-sigterm",  # killed by the supervisor after the grace period
     ],
 )
 def test_sigkilled_run_leaves_no_script_and_no_cluster(
