@@ -141,15 +141,32 @@ async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = 
         loop.add_signal_handler(sig, stop.set)
     try:
         await asyncio.gather(*(n.start() for n in nannies))
-        waiting = [asyncio.ensure_future(n.finished()) for n in nannies]
-        stopper = asyncio.ensure_future(stop.wait())
+        waiting: list[asyncio.Future[Any]] = [asyncio.ensure_future(n.finished()) for n in nannies]
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([*waiting, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
             # One worker ended (lifetime, scheduler gone): wait for the others as well.
-            await asyncio.wait([asyncio.gather(*waiting), stopper], return_when="FIRST_COMPLETED")
+            everyone: asyncio.Future[Any] = asyncio.gather(*waiting)
+            await asyncio.wait([everyone, stopper], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
     finally:
         for nanny in nannies:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nanny.close(), 10)
     return 0
+
+
+def job_placement(dask_worker: Any = None) -> dict[str, Any]:
+    """Inside a batch worker (``client.run``): :func:`~ctrlstack.topology.pin.placement` plus the
+    job it runs in and the CPUs of the job's own process (the nanny, which is not pinned), so
+    that "every worker ⊆ its job, workers disjoint" can be checked from outside."""
+    import psutil
+
+    from ctrlstack.topology.cpuset import format_cpulist
+    from ctrlstack.topology.pin import placement
+
+    info = placement(dask_worker)
+    parent = psutil.Process().parent()
+    info["job_id"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    info["job_cpus"] = format_cpulist(parent.cpu_affinity()) if parent is not None else None
+    return info

@@ -41,7 +41,11 @@ def _no_newline(what: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """The argv of ``ctrlstack worker`` inside a job (see :mod:`ctrlstack.deploy.worker`)."""
+    """The argv of ``ctrlstack worker`` inside a job (see :mod:`ctrlstack.deploy.worker`).
+
+    Run as ``python -m ctrlstack.cli_batch``: the profile's interpreter, so the job uses the same
+    installation as the supervisor whatever ``PATH`` the node has.
+    """
 
     python: str
     scheduler: str
@@ -59,7 +63,7 @@ class WorkerCommand:
     resources: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def argv(self) -> list[str]:
-        out = [self.python, "-m", "ctrlstack.cli", "worker", self.scheduler]
+        out = [self.python, "-m", "ctrlstack.cli_batch", "worker", self.scheduler]
         out += ["--name", self.name, "--workers", str(self.workers)]
         if self.threads is not None:
             out += ["--threads", str(self.threads)]

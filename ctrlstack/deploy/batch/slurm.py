@@ -142,7 +142,8 @@ def parse_sbatch(stdout: str) -> str:
     return job_id
 
 
-_REJECTION = re.compile(r"sbatch: error: (.*)")
+#: sbatch's refusal lines; ``--test-only`` words them "allocation failure: ...".
+_REJECTION = re.compile(r"(?:sbatch: error: |^allocation failure: )(.*)", re.MULTILINE)
 
 
 def is_rejection(stderr: str) -> str | None:
@@ -226,7 +227,7 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
         parts = line.strip().split("|")
         if len(parts) < 7 or not parts[0]:
             continue
-        job_id, raw_state, reason, nodes, start, end, code = parts[:7]
+        job_id, raw_state, reason, nodes, _start, end, code = parts[:7]
         status = JobStatus(job_id=job_id, state=state_of(raw_state))
         why = [w for w in (reason if reason not in ("None", "") else "",) if w]
         if code and code != "0:0":
