@@ -175,7 +175,7 @@ class SlurmBackend(Backend):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return directory / f"{name}.sh"
 
-    def job_script(self, scheduler: str, name: str, *, array: int | None = None) -> str:
+    def job_script(self, scheduler: str, name: str) -> str:
         """The exact script submitted for job ``name`` (``ctrlstack script`` prints it)."""
         return S.job_script(
             self.opts,
@@ -183,7 +183,6 @@ class SlurmBackend(Backend):
             name=name,
             credentials=self.credentials_dir,
             log_directory=self.log_directory,
-            array=array,
             cluster=self.cluster_name,
         )
 

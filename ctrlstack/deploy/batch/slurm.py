@@ -284,45 +284,17 @@ def job_script(
     name: str,
     credentials: str,
     log_directory: str,
-    array: int | None = None,
     cluster: str = "",
 ) -> str:
-    """The exact script sbatch gets: directives, site prologue, then ``ctrlstack worker``.
+    """The exact script sbatch gets: directives, site prologue, then ``ctrlstack worker``."""
+    from .script import batch_script
 
-    For an array, each task's workers are named ``<name>_<task>`` (``$SLURM_ARRAY_TASK_ID``), the
-    one place where the script expands a variable, and only a Slurm-set integer.
-    """
-    from .script import WorkerCommand, render_script
-
-    command = WorkerCommand(
-        python=opts.python,
-        scheduler=scheduler,
-        name=name if array is None else f"{name}_ARRAYTASK",
-        workers=opts.workers_per_job,
-        threads=opts.threads,
-        task_threads=opts.task_threads,
-        policy=opts.policy,
-        smt=opts.smt,
-        memory_limit=opts.worker_memory_limit(),
-        death_timeout=opts.death_timeout,
-        lifetime=float(opts.walltime - opts.retire_before),
-        interface=opts.interface,
-        local_directory=opts.local_directory,
-        resources=opts.resources,
-    )
-    from .script import CREDENTIALS_ENV
-
-    text = render_script(
+    return batch_script(
+        opts,
         directive_prefix="#SBATCH",
-        directives=directives(opts, log_directory=log_directory, array=array),
-        skip=opts.skip_directives,
-        prologue=opts.prologue,
-        modules=opts.modules,
-        env={CREDENTIALS_ENV: credentials},
-        command=command.argv(),
-        cluster=cluster or name,
-        workers=opts.workers_per_job,
+        directives=directives(opts, log_directory=log_directory),
+        scheduler=scheduler,
+        name=name,
+        credentials=credentials,
+        cluster=cluster,
     )
-    if array is not None:
-        text = text.replace(f"{name}_ARRAYTASK", f"{name}_${{SLURM_ARRAY_TASK_ID}}")
-    return text
