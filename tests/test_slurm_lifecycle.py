@@ -133,3 +133,43 @@ def test_cli_script_launch_list_stop_and_rejection(
         stopped = cli("stop", "good")
     assert stopped.returncode == 0, stopped.stderr
     assert slurm.wait_empty(10) == []
+
+
+def test_walltime_drain_replaces_first_and_loses_no_task(slurm: Any, state_dir: Path) -> None:
+    """A 60 s job whose workers retire 30 s before its end: the replacement is submitted 15 s
+    earlier, the old worker hands over and leaves, every task's result arrives."""
+    from ctrlstack.deploy.worker import job_placement
+
+    cluster = ctrlstack.launch(
+        "slurm-cpu", name="wall", workers=1, walltime="00:01:00", retire_before=30
+    )
+    try:
+        cluster.wait_for_workers(1, timeout=60)
+        first = list(cluster.record.job_ids)
+        assert len(first) == 1
+        status = cluster.status()
+        (job,) = [j for j in status.jobs if j.job_id == first[0]]
+        _until("the job to run", lambda: any(
+            j.state == "RUNNING" and j.end_time for j in cluster.status().jobs
+        ))
+        client = cluster.client()
+        try:
+            before = set(client.run(job_placement))
+            futures = client.map(lambda x: (time.sleep(0.25), x * x)[1], range(120))
+            _until(
+                "the first job to be replaced",
+                lambda: first[0] not in cluster.record.job_ids,
+                timeout=75,
+            )
+            assert sum(client.gather(futures)) == sum(i * i for i in range(120))
+            cluster.wait_for_workers(1, timeout=30)
+            after = set(client.run(job_placement))
+            assert before.isdisjoint(after)  # a new worker, in the new job
+        finally:
+            client.close()
+        assert cluster.status().connected >= 1
+        assert "recomputed" not in cluster.logs()  # the retiring worker handed its results over
+    finally:
+        cluster.stop()
+    del job
+

@@ -56,6 +56,9 @@ logger = logging.getLogger("ctrlstack.slurm")
 STATUS_GRACE = 60.0
 #: Lines of a failed job's log shown in the status.
 TAIL_LINES = 20
+#: Longest lead time for a walltime replacement: it is submitted this long (at most half of the
+#: job's useful time) before the old job's workers retire, so that the target holds across it.
+REPLACE_LEAD = 120.0
 #: Placeholder scheduler address in ``ctrlstack script`` output and ``--test-only`` checks.
 PLACEHOLDER = "tls://SCHEDULER-ADDRESS:PORT"
 
@@ -131,6 +134,26 @@ class CtrlstackSlurmJob(SLURMJob):
         self.status = Status.closed
 
 
+class RetiringJobQueueCluster(JobQueueCluster):
+    """dask-jobqueue's cluster, retiring workers *by name* before their job is cancelled.
+
+    ``SpecCluster`` asks the scheduler to retire the jobs it drops (scale-down, walltime) by
+    passing spec names as worker *addresses*, which match nothing: the job is then cancelled with
+    its workers' results still on them, and the scheduler recomputes them.  Retiring the job's
+    workers by name first moves their data to the remaining workers.
+    """
+
+    async def _correct_state_internal(self) -> None:
+        to_close = set(self.workers) - set(self.worker_spec)
+        scheduler = self.scheduler
+        if to_close and scheduler is not None and self.scheduler_comm is not None:
+            per_job = int(self._job_kwargs.get("processes") or 1)
+            names = [w for job in to_close for w in worker_names(str(job), per_job)]
+            with contextlib.suppress(Exception):
+                await self.scheduler_comm.retire_workers(names=names, close_workers=True)
+        await super()._correct_state_internal()
+
+
 class SlurmBackend(Backend):
     """Workers in Slurm jobs; see the module docstring."""
 
@@ -148,6 +171,7 @@ class SlurmBackend(Backend):
         self._submitted: list[str] = []  # every job id, for clean-up
         self._errors: list[JobStatus] = []  # submissions that failed
         self._status_failed_since: float | None = None
+        self._replaced: set[str] = set()  # job ids whose walltime replacement was submitted
         self._sacct = True
 
     # ------------------------------------------------------------------ paths and script
@@ -233,7 +257,7 @@ class SlurmBackend(Backend):
             from ctrlstack.deploy.procs import hostname
 
             scheduler_options["host"] = hostname()
-        cluster = JobQueueCluster(
+        cluster = RetiringJobQueueCluster(
             n_workers=workers,
             job_cls=self.job_cls,  # type: ignore[arg-type]  # dask-jobqueue annotates an instance
             security=self.security,
@@ -413,6 +437,37 @@ class SlurmBackend(Backend):
             ):
                 old.log_tail = _tail(old.log)
         await self._replace_ended([j for j in ids if self._jobs[j].state in S.FINISHED])
+        await self._walltime(now)
+
+    async def _walltime(self, now: float) -> None:
+        """Hold the target across walltime ends: submit a replacement ``lead`` seconds before a
+        job's workers must retire, then retire them (``retire-before`` seconds before the end)
+        by taking the job out of the plan, which makes Dask move their data first."""
+        cluster = self.cluster
+        if cluster is None or cluster.status in (Status.closing, Status.closed):
+            return
+        opts = self.opts
+        lead = min(REPLACE_LEAD, (opts.walltime - opts.retire_before) / 2)
+        changed = False
+        for job_id, status in list(self._jobs.items()):
+            name = self._names.get(job_id)
+            if status.state != "RUNNING" or status.end_time is None or name is None:
+                continue
+            if name not in cluster.worker_spec:
+                continue
+            left = status.end_time - now
+            if left <= opts.retire_before + lead and job_id not in self._replaced:
+                logger.info("job %s ends in %.0f s: submitting its replacement", job_id, left)
+                self._replaced.add(job_id)
+                cluster.worker_spec.update(cluster.new_worker_spec())
+                changed = True
+            if left <= opts.retire_before:
+                logger.info("job %s ends in %.0f s: retiring its workers", job_id, left)
+                cluster.worker_spec.pop(name, None)
+                self._cancelled.add(job_id)
+                changed = True
+        if changed:
+            await cluster._correct_state()
 
     def _note_connected(self) -> None:
         cluster = self.cluster
