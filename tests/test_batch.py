@@ -319,3 +319,23 @@ def test_qstat_and_qdel_argv() -> None:
     assert P.qdel_argv(["1.pbs"]) == ["qdel", "-W", "force", "1.pbs"]
     with pytest.raises(ValueError, match="at least one"):
         P.qdel_argv([])
+
+
+# ----------------------------------------------------------------------------- PBS backend
+def test_pbs_backend_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctrlstack.deploy.backends import backend_class
+    from ctrlstack.deploy.backends.pbs import PBSBackend
+    from ctrlstack.deploy.backends.slurm import BatchCommandFailed
+
+    cls = backend_class("pbs")
+    assert cls is PBSBackend
+    backend = cls(get_profile("pbs-cpu"), cluster_name="big", workdir=tmp_path / "big.d")
+    assert isinstance(backend, PBSBackend)
+    text = backend.job_script("tls://h:1", "big-0")
+    assert f"#PBS -o {tmp_path}/big.d/jobs/" in text
+    assert f"export {CREDENTIALS_ENV}={tmp_path}/big.d/tls" in text
+    assert backend.job_log("7.pbs") == f"{tmp_path}/big.d/jobs/7.pbs.OU"
+    assert backend.cancel_argv(["7.pbs"]) == ["qdel", "-W", "force", "7.pbs"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qsub here (no PBS server runs in CI)
+    with pytest.raises(BatchCommandFailed, match="qsub is not on PATH"):
+        backend.check()

@@ -149,9 +149,10 @@ def test_walltime_drain_replaces_first_and_loses_no_task(slurm: Any, state_dir: 
         assert len(first) == 1
         status = cluster.status()
         (job,) = [j for j in status.jobs if j.job_id == first[0]]
-        _until("the job to run", lambda: any(
-            j.state == "RUNNING" and j.end_time for j in cluster.status().jobs
-        ))
+        _until(
+            "the job to run",
+            lambda: any(j.state == "RUNNING" and j.end_time for j in cluster.status().jobs),
+        )
         client = cluster.client()
         try:
             before = set(client.run(job_placement))
@@ -172,4 +173,3 @@ def test_walltime_drain_replaces_first_and_loses_no_task(slurm: Any, state_dir: 
     finally:
         cluster.stop()
     del job
-

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,29 +84,40 @@ def _tail(path: str | None, lines: int = TAIL_LINES) -> str | None:
     return "\n".join(text.splitlines()[-lines:]) or None
 
 
-def run_batch(argv: list[str], *, what: str, timeout: float = 30) -> _proc.CommandResult:
+def run_batch(
+    argv: list[str],
+    *,
+    what: str,
+    rejection: Callable[[str], str | None] = S.is_rejection,
+    scheduler: str = "Slurm",
+    timeout: float = 30,
+) -> _proc.CommandResult:
     """Run a batch command; a refusal is a :class:`SubmitError`, anything else a failure."""
     try:
         return _proc.run(argv, timeout=timeout)
     except _proc.CommandError as exc:
-        reason = S.is_rejection(exc.stderr) if exc.returncode is not None else None
+        reason = rejection(exc.stderr) if exc.returncode is not None else None
         if reason is not None:
-            raise SubmitError(f"Slurm refused the {what}: {reason}") from None
+            raise SubmitError(f"{scheduler} refused the {what}: {reason}") from None
         raise BatchCommandFailed(str(exc)) from None
 
 
-class CtrlstackSlurmJob(SLURMJob):
-    """One Slurm job running ``ctrlstack worker``: dask-jobqueue's Job with ctrlstack's script,
-    submission through :mod:`ctrlstack._proc`, and errors reported to the backend."""
+class _CtrlstackJob:
+    """What ctrlstack changes in a dask-jobqueue ``Job``: its script, submission and
+    cancellation through the backend (and :mod:`ctrlstack._proc`), errors reported."""
 
-    def __init__(
-        self, scheduler: Any = None, name: Any = None, *, backend: SlurmBackend, **kwargs: Any
-    ) -> None:
+    backend: SlurmBackend
+    name: Any
+    scheduler: Any
+    job_id: str | None
+    status: Status
+
+    def _setup(self, backend: SlurmBackend, kwargs: dict[str, Any]) -> dict[str, Any]:
         opts = backend.opts
         kwargs.update(cores=opts.cores, memory=opts.memory, processes=opts.workers_per_job)
-        kwargs.pop("python", None)
-        super().__init__(scheduler=scheduler, name=name, python=opts.python, **kwargs)
+        kwargs["python"] = opts.python
         self.backend = backend
+        return kwargs
 
     def job_script(self) -> str:
         return self.backend.job_script(str(self.scheduler or PLACEHOLDER), str(self.name))
@@ -115,10 +126,7 @@ class CtrlstackSlurmJob(SLURMJob):
         script = self.backend.script_path(str(self.name))
         script.write_text(self.job_script())
         try:
-            result = await asyncio.to_thread(
-                run_batch, S.sbatch_argv(str(script)), what=f"job {self.name}"
-            )
-            self.job_id = S.parse_sbatch(result.stdout)
+            self.job_id = await asyncio.to_thread(self.backend.submit, str(script), str(self.name))
         except Exception as exc:
             self.status = Status.failed
             self.backend.submit_failed(str(self.name), exc)
@@ -130,8 +138,19 @@ class CtrlstackSlurmJob(SLURMJob):
         if self.job_id and self.status != Status.closed:
             self.backend.cancelling(self.job_id)
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(_proc.run, S.scancel_argv([self.job_id]), check=False)
+                argv = self.backend.cancel_argv([self.job_id])
+                await asyncio.to_thread(_proc.run, argv, check=False)
         self.status = Status.closed
+
+
+class CtrlstackSlurmJob(_CtrlstackJob, SLURMJob):
+    """One Slurm job running ``ctrlstack worker``."""
+
+    def __init__(
+        self, scheduler: Any = None, name: Any = None, *, backend: SlurmBackend, **kwargs: Any
+    ) -> None:
+        kwargs = self._setup(backend, kwargs)
+        SLURMJob.__init__(self, scheduler=scheduler, name=name, **kwargs)
 
 
 class RetiringJobQueueCluster(JobQueueCluster):
@@ -209,6 +228,16 @@ class SlurmBackend(Backend):
             log_directory=self.log_directory,
             cluster=self.cluster_name,
         )
+
+    # ------------------------------------------------------------------ scheduler commands
+    def submit(self, script: str, name: str) -> str:
+        """Submit ``script``; the job id (raises :class:`SubmitError` with Slurm's message)."""
+        result = run_batch(S.sbatch_argv(script), what=f"job {name}")
+        return S.parse_sbatch(result.stdout)
+
+    @staticmethod
+    def cancel_argv(job_ids: Sequence[str]) -> list[str]:
+        return S.scancel_argv(job_ids)
 
     def job_log(self, job_id: str) -> str:
         """Path of a job's stdout/stderr file (``ctrlstack logs NAME --job ID``)."""
@@ -521,7 +550,11 @@ class SlurmBackend(Backend):
         ids = list(job_ids)
         if not ids:
             return
-        _proc.run(S.scancel_argv(ids), timeout=30, check=False)
+        _proc.run(cls.cancel_argv(ids), timeout=30, check=False)
+        cls._wait_gone(ids, wait)
+
+    @staticmethod
+    def _wait_gone(ids: list[str], wait: float) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
