@@ -339,3 +339,58 @@ def test_pbs_backend_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PATH", str(tmp_path))  # no qsub here (no PBS server runs in CI)
     with pytest.raises(BatchCommandFailed, match="qsub is not on PATH"):
         backend.check()
+
+
+# ----------------------------------------------------------------------------- ctrlstack worker
+def _worker_cli(env: dict[str, str]) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "ctrlstack.cli_batch", "worker", "tls://127.0.0.1:1", "--name", "a"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def test_worker_needs_credentials_from_the_environment(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != CREDENTIALS_ENV}
+    result = _worker_cli(env)
+    assert result.returncode == 2
+    assert f"{CREDENTIALS_ENV} is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_credentials_others_can_read(tmp_path: Path) -> None:
+    import os
+
+    from ctrlstack.deploy.security import KEY_FILE, Credentials
+
+    Credentials.create(tmp_path / "tls")
+    (tmp_path / "tls" / KEY_FILE).chmod(0o644)
+    result = _worker_cli({**os.environ, CREDENTIALS_ENV: str(tmp_path / "tls")})
+    assert result.returncode == 2
+    assert "readable by others" in result.stderr
+
+
+def test_slurm_array_script_maps_tasks_to_job_names() -> None:
+    text = S.job_script(
+        _opts(),
+        scheduler="tls://h:1",
+        name="big-0",
+        credentials="/c",
+        log_directory="/l",
+        cluster="big",
+        array_names=["big-0", "big-3"],
+    )
+    lines = text.splitlines()
+    assert "#SBATCH --array=0-1" in lines
+    assert "#SBATCH --output=/l/ctrlstack-big-%A_%a.out" in lines
+    assert "CTRLSTACK_NAMES=(big-0 big-3)" in lines
+    assert ' --name "${CTRLSTACK_NAMES[$SLURM_ARRAY_TASK_ID]}" ' in lines[-1]
+    assert "CTRLSTACK_ARRAY_TASK_NAME" not in text

@@ -161,3 +161,31 @@ def test_failing_squeue_is_unknown_after_a_grace_never_gone(
             await backend.cleanup()
 
     asyncio.run(main())
+
+
+def test_scale_up_is_one_array_submission(slurm: Any, tmp_path: Path) -> None:
+    backend = _backend(tmp_path, workers=3)
+
+    async def main() -> None:
+        cluster = await backend.create()
+        try:
+            first = backend.job_ids()
+            assert len(first) == 3
+            assert len({j.split("_")[0] for j in first}) == 1  # one sbatch --array
+            assert sorted(j.split("_")[1] for j in first) == ["0", "1", "2"]
+            async with Client(cluster, asynchronous=True) as client:
+                await _wait_workers(client, 3)
+                cluster.scale(5)
+                await _wait_workers(client, 5)
+                added = [j for j in backend.job_ids() if j not in first]
+                assert len(added) == 2
+                assert len({j.split("_")[0] for j in added}) == 1
+                await backend.poll()
+                running = [j for j in backend.report().jobs if j.state == "RUNNING"]
+                assert len(running) == 5
+                assert all(Path(str(j.log)).exists() for j in running)
+        finally:
+            await cluster.close()
+            await backend.cleanup()
+
+    asyncio.run(main())

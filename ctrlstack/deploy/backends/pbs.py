@@ -49,6 +49,8 @@ class PBSBackend(SlurmBackend):
 
     name: ClassVar[str] = "pbs"
     job_cls: ClassVar[type[Any]] = CtrlstackPBSJob
+    #: PBS arrays (``-J``, ids ``123[4]``) are built by the builders but not wired yet.
+    array_supported: ClassVar[bool] = False
 
     def job_script(self, scheduler: str, name: str) -> str:
         return P.job_script(

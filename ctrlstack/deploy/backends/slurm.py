@@ -59,6 +59,8 @@ TAIL_LINES = 20
 #: Longest lead time for a walltime replacement: it is submitted this long (at most half of the
 #: job's useful time) before the old job's workers retire, so that the target holds across it.
 REPLACE_LEAD = 120.0
+#: How long the first job of a scale-up waits for the others to join its array (seconds).
+ARRAY_GATHER = 0.02
 #: Placeholder scheduler address in ``ctrlstack script`` output and ``--test-only`` checks.
 PLACEHOLDER = "tls://SCHEDULER-ADDRESS:PORT"
 
@@ -123,10 +125,8 @@ class _CtrlstackJob:
         return self.backend.job_script(str(self.scheduler or PLACEHOLDER), str(self.name))
 
     async def start(self) -> None:
-        script = self.backend.script_path(str(self.name))
-        script.write_text(self.job_script())
         try:
-            self.job_id = await asyncio.to_thread(self.backend.submit, str(script), str(self.name))
+            self.job_id = await self.backend.submit_job(str(self.name), str(self.scheduler))
         except Exception as exc:
             self.status = Status.failed
             self.backend.submit_failed(str(self.name), exc)
@@ -191,6 +191,7 @@ class SlurmBackend(Backend):
         self._errors: list[JobStatus] = []  # submissions that failed
         self._status_failed_since: float | None = None
         self._replaced: set[str] = set()  # job ids whose walltime replacement was submitted
+        self._pending: list[tuple[str, asyncio.Future[str]]] = []  # jobs to submit together
         self._sacct = True
 
     # ------------------------------------------------------------------ paths and script
@@ -228,6 +229,61 @@ class SlurmBackend(Backend):
             log_directory=self.log_directory,
             cluster=self.cluster_name,
         )
+
+    # ------------------------------------------------------------------ submission
+    #: Whether several jobs of one scale-up may go out as one array (``slurm.array``).
+    array_supported: ClassVar[bool] = True
+
+    async def submit_job(self, name: str, scheduler: str) -> str:
+        """Submit job ``name``; jobs asked for in the same moment (one scale-up) go out as one
+        ``sbatch --array`` when the profile allows, each getting its task's id (``123_4``)."""
+        loop = asyncio.get_running_loop()
+        if not (self.opts.array and self.array_supported):
+            return await asyncio.to_thread(self._submit_one, name, scheduler)
+        future: asyncio.Future[str] = loop.create_future()
+        self._pending.append((name, future))
+        if len(self._pending) == 1:
+            # Every Job of one _correct_state starts in the same loop iteration: collect them.
+            loop.call_later(ARRAY_GATHER, lambda: asyncio.ensure_future(self._flush(scheduler)))
+        return await future
+
+    def _submit_one(self, name: str, scheduler: str) -> str:
+        script = self.script_path(name)
+        script.write_text(self.job_script(scheduler, name))
+        return self.submit(str(script), name)
+
+    async def _flush(self, scheduler: str) -> None:
+        batch, self._pending = self._pending, []
+        names = [name for name, _ in batch]
+        try:
+            if len(names) == 1:
+                ids = [await asyncio.to_thread(self._submit_one, names[0], scheduler)]
+            else:
+                ids = await asyncio.to_thread(self._submit_array, names, scheduler)
+        except Exception as exc:  # noqa: BLE001 - every waiting job gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), job_id in zip(batch, ids, strict=True):
+            if not future.done():
+                future.set_result(job_id)
+
+    def _submit_array(self, names: list[str], scheduler: str) -> list[str]:
+        script = self.script_path(f"{names[0]}-array{len(names)}")
+        script.write_text(
+            S.job_script(
+                self.opts,
+                scheduler=scheduler,
+                name=names[0],
+                credentials=self.credentials_dir,
+                log_directory=self.log_directory,
+                cluster=self.cluster_name,
+                array_names=names,
+            )
+        )
+        array_id = self.submit(str(script), f"array of {len(names)} jobs")
+        return [f"{array_id}_{i}" for i in range(len(names))]
 
     # ------------------------------------------------------------------ scheduler commands
     def submit(self, script: str, name: str) -> str:

@@ -15,6 +15,7 @@ local time, which is what slurmctld and the login node share in practice.
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -285,16 +286,36 @@ def job_script(
     credentials: str,
     log_directory: str,
     cluster: str = "",
+    array_names: Sequence[str] | None = None,
 ) -> str:
-    """The exact script sbatch gets: directives, site prologue, then ``ctrlstack worker``."""
+    """The exact script sbatch gets: directives, site prologue, then ``ctrlstack worker``.
+
+    With ``array_names`` it is one ``--array=0-<n-1>`` job whose task *i* runs the workers of job
+    ``array_names[i]`` (dask-jobqueue's name for it): the names are a quoted bash array, indexed
+    by ``$SLURM_ARRAY_TASK_ID`` — an integer Slurm sets — the only expansion in the script.
+    """
     from .script import batch_script
 
-    return batch_script(
+    token = "CTRLSTACK_ARRAY_TASK_NAME"
+    cluster = cluster or name
+    text = batch_script(
         opts,
         directive_prefix="#SBATCH",
-        directives=directives(opts, log_directory=log_directory),
+        directives=directives(
+            opts,
+            log_directory=log_directory,
+            array=None if array_names is None else len(array_names),
+        ),
         scheduler=scheduler,
-        name=name,
+        name=name if array_names is None else token,
         credentials=credentials,
         cluster=cluster,
     )
+    if array_names is None:
+        return text
+    names = " ".join(shlex.quote(n) for n in array_names)
+    head, _, command = text.rpartition("\nexec ")
+    command = command.replace(
+        f" --name {token} ", ' --name "${CTRLSTACK_NAMES[$SLURM_ARRAY_TASK_ID]}" '
+    )
+    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"
