@@ -487,3 +487,9 @@ def _wait_script(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from ctrlstack.cli_batch import script as _script
+from ctrlstack.cli_batch import worker as _worker
+
+main.add_command(_script)
+main.add_command(_worker)
