@@ -234,9 +234,10 @@ def forget(name: str) -> ClusterStatus:
     return lifecycle.forget(_registry(), validate_name(name))
 
 
-def logs(name: str, *, lines: int = 200) -> str:
-    """The last ``lines`` lines of cluster ``name``'s supervisor log (also after it stopped)."""
-    return lifecycle.log_tail(_registry(), validate_name(name), lines=lines)
+def logs(name: str, *, lines: int = 200, job: str | None = None) -> str:
+    """The last ``lines`` lines of cluster ``name``'s supervisor log (also after it stopped), or
+    with ``job``, of that batch job's log (while the cluster's record exists)."""
+    return lifecycle.log_tail(_registry(), validate_name(name), lines=lines, job=job)
 
 
 @contextlib.contextmanager

@@ -398,11 +398,13 @@ def forget(name: str) -> None:
     "-n", "--lines", type=click.IntRange(min=1), default=200, show_default=True,
     help="How many lines of the end of the log.",
 )  # fmt: skip
-def logs(name: str, lines: int) -> None:
-    """Print the end of cluster NAME's supervisor log (also after the cluster stopped)."""
+@click.option("--job", "job_id", help="A batch job's log instead (see 'ctrlstack status NAME').")
+def logs(name: str, lines: int, job_id: str | None) -> None:
+    """Print the end of cluster NAME's supervisor log (also after the cluster stopped), or of
+    one of its batch jobs' logs."""
     from ctrlstack import api
 
-    click.echo(api.logs(name, lines=lines), nl=False)
+    click.echo(api.logs(name, lines=lines, job=job_id), nl=False)
 
 
 @main.command()
@@ -485,11 +487,15 @@ def _wait_script(
     return 128 - code if code < 0 else code
 
 
+def _register_commands() -> None:
+    """Commands kept in their own modules (batch scripts, the node-side worker)."""
+    from ctrlstack.cli_batch import script, worker
+
+    main.add_command(script)
+    main.add_command(worker)
+
+
+_register_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-from ctrlstack.cli_batch import script as _script
-from ctrlstack.cli_batch import worker as _worker
-
-main.add_command(_script)
-main.add_command(_worker)

@@ -43,6 +43,7 @@ __all__ = [
     "BrokenRecordError",
     "ClusterNotFoundError",
     "forget",
+    "job_log_path",
     "judge",
     "log_path",
     "log_tail",
@@ -299,11 +300,29 @@ def log_path(registry: Registry, name: str) -> str:
     return str(candidates[0])
 
 
-def log_tail(registry: Registry, name: str, *, lines: int = 200) -> str:
-    """The last ``lines`` lines of ``name``'s supervisor log."""
+def job_log_path(registry: Registry, name: str, job_id: str) -> str:
+    """The log of batch job ``job_id`` of cluster ``name``, from its backend."""
+    from ctrlstack.config import ClusterSpec
+    from ctrlstack.deploy.backends import backend_class
+
+    record = registry.read(name)
+    if record is None:
+        raise ClusterNotFoundError(f"no cluster named {name!r}; see 'ctrlstack list'")
+    spec = ClusterSpec.from_dict(record.spec, profile=record.profile)
+    backend = backend_class(record.backend)(
+        spec, cluster_name=name, workdir=registry.cluster_dir(name)
+    )
+    path = backend.job_log(job_id)
+    if path is None:
+        raise UserError(f"cluster {name!r} ({record.backend} backend) has no batch jobs")
+    return path
+
+
+def log_tail(registry: Registry, name: str, *, lines: int = 200, job: str | None = None) -> str:
+    """The last ``lines`` lines of ``name``'s supervisor log, or of its batch job ``job``."""
     if not isinstance(lines, int) or isinstance(lines, bool) or lines < 1:
         raise UserError(f"lines must be an integer >= 1, got {lines!r}")
-    path = log_path(registry, name)
+    path = log_path(registry, name) if job is None else job_log_path(registry, name, job)
     try:
         with open(path, errors="replace") as fh:
             return "".join(collections.deque(fh, maxlen=lines))

@@ -102,6 +102,10 @@ class Backend(ABC):
         dead supervisor's jobs can be cancelled from any host)."""
         return []
 
+    def job_log(self, job_id: str) -> str | None:
+        """Path of batch job ``job_id``'s log (None: this backend runs no batch jobs)."""
+        return None
+
     async def poll(self) -> None:  # noqa: B027 - optional hook
         """Refresh external state (one batched queue query); called from the supervisor's watch
         loop.  Must not raise for a failed status command (report UNKNOWN instead)."""
