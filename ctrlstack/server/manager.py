@@ -1,0 +1,350 @@
+"""An asyncio manager over the public API for the Jupyter server (no web framework here).
+
+Why threads: every call of :mod:`ctrlstack.api` blocks (a launch waits up to the launch timeout
+for the scheduler, a stop waits for the supervisor to exit, a batch backend runs ``sbatch``).
+Run on the server's event loop they would freeze JupyterLab for everyone, so each call runs in
+an executor.  Two pools: quick reads (list, status, topology) never queue behind slow actions
+(launch, stop), so the sidebar keeps refreshing while a launch is under way.
+
+Clusters live in their supervisors and the per-user registry, not here: the manager holds no
+cluster state, so clusters started from a notebook, a script or the CLI appear, and a restarted
+Jupyter server loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psutil
+
+from ctrlstack.deploy.status import ClusterStatus
+from ctrlstack.server.wire import as_status
+
+__all__ = ["ClusterManager", "RequestError"]
+
+_T = TypeVar("_T")
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+# Fields of a profile the launch form may override; the rest (env, worker-options, backend) are
+# site/user configuration, not per-launch choices.
+_NOT_OVERRIDABLE = ("backend", "env", "worker-options")
+
+
+class RequestError(ValueError):
+    """A REST request is malformed (before any API call): 400 with the field at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None, allowed: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.allowed = allowed
+
+
+def _api() -> Any:
+    import ctrlstack.api
+
+    return ctrlstack.api
+
+
+class ClusterManager:
+    """Async facade of :mod:`ctrlstack.api`; every method returns JSON-ready data."""
+
+    def __init__(self, *, fast_workers: int = 4, slow_workers: int = 4) -> None:
+        self._fast = ThreadPoolExecutor(fast_workers, thread_name_prefix="ctrlstack-read")
+        self._slow = ThreadPoolExecutor(slow_workers, thread_name_prefix="ctrlstack-act")
+        self._launching: set[str] = set()
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._fast.shutdown(wait=False, cancel_futures=True)
+        self._slow.shutdown(wait=False, cancel_futures=True)
+
+    async def warm_up(self) -> None:
+        """Import the API and distributed in a thread, so the first launch does not stall."""
+        await self._run(self._fast, _warm)
+
+    # ------------------------------------------------------------------ reads
+    async def profiles(self) -> dict[str, Any]:
+        return await self._run(self._fast, _profiles)
+
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self._run(self._fast, _list)
+        return [row.to_dict() for row in rows]
+
+    async def status(self, name: str) -> dict[str, Any]:
+        _check_name(name)
+        return (await self._run(self._fast, _status, name)).to_dict()
+
+    async def logs(self, name: str, lines: Any = 200) -> str:
+        _check_name(name)
+        n = _int(lines, "lines", minimum=1, maximum=10_000)
+        return await self._run(self._fast, _logs, name, n)
+
+    async def topology(self) -> dict[str, Any]:
+        return await self._run(self._fast, _topology)
+
+    # ------------------------------------------------------------------ actions
+    async def create(self, body: Any) -> dict[str, Any]:
+        """Launch from ``{"profile": str, "name": str|null, "overrides": {field: value}}``.
+
+        The profile and overrides are checked before anything starts (a bad field is a 400 and
+        no process is spawned); the launch itself runs in the slow pool.
+        """
+        if not isinstance(body, Mapping):
+            raise RequestError("the request body must be a JSON object", field=None)
+        unknown = sorted(set(body) - {"profile", "name", "overrides"})
+        if unknown:
+            raise RequestError(
+                f"unknown key {unknown[0]!r}", field=unknown[0], allowed="profile, name, overrides"
+            )
+        profile = body.get("profile")
+        if not isinstance(profile, str) or not profile:
+            raise RequestError("profile must be a profile name", field="profile")
+        name = body.get("name")
+        if name is not None:
+            _check_name(name, field="name")
+        overrides = _overrides(body.get("overrides") or {})
+        await self._run(self._fast, _check_profile, profile, overrides)
+        if name is not None:
+            if name in self._launching:
+                raise _name_taken(name)
+            self._launching.add(name)
+        try:
+            status = await self._run(self._slow, _launch, profile, name, overrides)
+        finally:
+            if name is not None:
+                self._launching.discard(name)
+        return status.to_dict()
+
+    async def scale(self, name: str, body: Any) -> dict[str, Any]:
+        _check_name(name)
+        n = _int(_field(body, "workers"), "workers", minimum=0, maximum=100_000)
+        return (await self._run(self._slow, _scale, name, n)).to_dict()
+
+    async def adapt(self, name: str, body: Any) -> dict[str, Any]:
+        _check_name(name)
+        minimum = _int(_field(body, "minimum", 0), "minimum", minimum=0, maximum=100_000)
+        raw_max = _field(body, "maximum", None)
+        maximum = None if raw_max is None else _int(raw_max, "maximum", minimum=1, maximum=100_000)
+        if maximum is not None and maximum < minimum:
+            raise RequestError(
+                f"maximum {maximum} is below minimum {minimum}",
+                field="maximum",
+                allowed=">= minimum",
+            )
+        return (await self._run(self._slow, _adapt, name, minimum, maximum)).to_dict()
+
+    async def stop(self, name: str) -> None:
+        _check_name(name)
+        await self._run(self._slow, _stop, name)
+
+
+# ---------------------------------------------------------------------- request checks
+def _check_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RequestError(
+            f"cluster name {name!r} is not allowed",
+            field=field,
+            allowed="1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def _field(body: Any, key: str, default: Any = ...) -> Any:
+    if not isinstance(body, Mapping):
+        raise RequestError("the request body must be a JSON object")
+    if key not in body:
+        if default is ...:
+            raise RequestError(f"{key} is required", field=key)
+        return default
+    return body[key]
+
+
+def _int(value: Any, field: str, *, minimum: int, maximum: int) -> int:
+    """An integer in range; JSON numbers like 2.0 are fine, ``true`` and 1e30 are not."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise RequestError(
+            f"{field} = {value!r} is not allowed",
+            field=field,
+            allowed=f"an integer from {minimum} to {maximum}",
+        )
+    return value
+
+
+def _overrides(raw: Any) -> dict[str, Any]:
+    """Form fields (YAML spelling, ``task-threads``) to API keyword names (``task_threads``)."""
+    if not isinstance(raw, Mapping):
+        raise RequestError("overrides must be an object of field: value", field="overrides")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or key in _NOT_OVERRIDABLE:
+            raise RequestError(
+                f"field {key!r} cannot be set at launch",
+                field=str(key),
+                allowed="a profile field other than " + ", ".join(_NOT_OVERRIDABLE),
+            )
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _name_taken(name: str) -> Exception:
+    from ctrlstack.errors import ConflictError
+
+    return ConflictError(f"a cluster named {name!r} is already being launched")
+
+
+# ---------------------------------------------------------------------- blocking bodies
+def _warm() -> None:
+    import distributed  # noqa: F401
+
+    _api()
+
+
+def _profiles() -> dict[str, Any]:
+    """Profiles with their effective values (packaged ``local`` under the user's fields).
+
+    A profile that does not validate is listed with its error, so the form can show why.
+    """
+    import dask.config
+
+    from ctrlstack._config_check import builtin_profile, profile_schema, schema
+    from ctrlstack.config import get_profile, profile_names
+
+    raw = dask.config.get("ctrlstack.profiles", default={}) or {}
+    rows = []
+    for name in profile_names():
+        body = raw.get(name)
+        values = {**builtin_profile(), **(dict(body) if isinstance(body, Mapping) else {})}
+        error = None
+        try:
+            get_profile(name)
+        except ValueError as exc:
+            error = str(exc)
+        rows.append(
+            {"name": name, "backend": values.get("backend"), "values": values, "error": error}
+        )
+    backends = schema()["$defs"].get("backend-options", {})
+    return {
+        "profiles": rows,
+        "schema": profile_schema(),
+        "backends": {
+            k: v for k, v in backends.items() if isinstance(v, Mapping) and k != "description"
+        },
+    }
+
+
+def _check_profile(profile: str, overrides: dict[str, Any]) -> None:
+    """Resolve the profile with its overrides (no side effects); errors name the field."""
+    from ctrlstack.config import ConfigError, get_profile
+
+    try:
+        get_profile(profile, **overrides)
+    except ConfigError as exc:
+        if exc.field is None and getattr(exc, "value", None) == profile:
+            exc.field = "profile"  # an unknown profile: the form's profile selector is at fault
+        raise
+
+
+def _list() -> list[ClusterStatus]:
+    return [as_status(row) for row in _api().clusters()]
+
+
+def _status(name: str) -> ClusterStatus:
+    api = _api()
+    return as_status(_merge_record(api.get(name), api.get(name).status()))
+
+
+def _merge_record(handle: Any, live: Any) -> Any:
+    """Legacy live status lacks registry facts (state, created): take them from the record."""
+    if isinstance(live, Mapping) and "created" not in live:
+        record = handle.record
+        return {**live, "created": record.created, "state": "running", "log": record.log}
+    return live
+
+
+def _launch(profile: str, name: str | None, overrides: dict[str, Any]) -> ClusterStatus:
+    api = _api()
+    handle = api.launch(profile, name=name, **overrides)
+    return as_status(_merge_record(handle, handle.status()))
+
+
+def _scale(name: str, n: int) -> ClusterStatus:
+    handle = _api().get(name)
+    handle.scale(n)
+    return as_status(_merge_record(handle, handle.status()))
+
+
+def _adapt(name: str, minimum: int, maximum: int | None) -> ClusterStatus:
+    handle = _api().get(name)
+    handle.adapt(minimum=minimum, maximum=maximum)
+    return as_status(_merge_record(handle, handle.status()))
+
+
+def _stop(name: str) -> None:
+    _api().stop(name)
+
+
+def _logs(name: str, lines: int) -> str:
+    api = _api()
+    if hasattr(api, "logs"):
+        text: str = api.logs(name, lines=lines)
+        return text
+    record = api.get(name).record  # ClusterNotFoundError -> 404
+    if not record.log:
+        return ""
+    with open(record.log, encoding="utf-8", errors="replace") as fh:
+        return "".join(fh.readlines()[-lines:])
+
+
+def _topology() -> dict[str, Any]:
+    """This machine's topology, live per-CPU load, and which worker of which cluster owns a CPU.
+
+    A CPU owned by workers of more than one cluster is *crowded*; a worker without a CPU set is
+    *unpinned* (it floats over every allowed CPU).
+    """
+    from ctrlstack.topology.cpuset import parse_cpulist
+    from ctrlstack.topology.discover import discover
+
+    machine = discover().to_dict()
+    load = psutil.cpu_percent(interval=None, percpu=True)
+    owners: dict[str, list[dict[str, Any]]] = {}
+    unpinned: list[dict[str, Any]] = []
+    for row in _list():
+        if row.state not in ("running", "starting"):
+            continue
+        try:
+            status = _status(row.name)
+        except (LookupError, ConnectionError, OSError, TimeoutError):
+            status = None  # stopping right now, or not answering: it draws no workers
+        if status is None:
+            continue
+        for worker in status.workers:
+            entry = {"cluster": row.name, "worker": worker.name, "state": worker.state}
+            if worker.cpus is None:
+                unpinned.append(entry)
+                continue
+            with contextlib.suppress(ValueError):
+                for cpu in parse_cpulist(worker.cpus):
+                    owners.setdefault(str(cpu), []).append(entry)
+    crowded = sorted(
+        int(cpu) for cpu, entries in owners.items() if len({e["cluster"] for e in entries}) > 1
+    )
+    return {
+        "machine": machine,
+        "load": {str(i): value for i, value in enumerate(load)},
+        "owners": owners,
+        "unpinned": unpinned,
+        "crowded": crowded,
+    }
