@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from ctrlstack.errors import UserError
+
 __all__ = [
     "NAMESPACE",
     "ConfigError",
@@ -86,7 +88,7 @@ def builtin_profile() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ errors
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is invalid, or a profile does not exist.
 
     Raised by :mod:`ctrlstack.config` (and re-exported there, which is where users import it).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -112,6 +112,25 @@ def run(
     return result
 
 
+def _death_signal(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that asks the kernel for ``sig`` when the parent dies (PR_SET_PDEATHSIG).
+
+    If the parent died before the prctl took effect, the child would never get the signal: it
+    then exits at once (its parent pid is no longer the spawner's).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(128 + sig)
+
+    return preexec
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -122,6 +141,7 @@ def spawn(
     new_session: bool = False,
     cwd: str | None = None,
     stdin: IO[bytes] | int | None = subprocess.DEVNULL,
+    parent_death_signal: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` and return the process without waiting.
 
@@ -129,6 +149,8 @@ def spawn(
     notebook kernel or a Jupyter server, and lets us signal the whole group later.  ``stdin`` is
     closed (``DEVNULL``) by default so a daemon never competes for the terminal; pass ``None`` to
     let a foreground child (``ctrlstack run``'s script) read the caller's stdin.
+    ``parent_death_signal`` (Linux): the signal the child gets when this process dies, even by
+    SIGKILL, so it is never left running reparented to init.
     """
     args = _check_argv(argv)
     logger.debug("spawn %s", args)
@@ -142,6 +164,8 @@ def spawn(
             pass_fds=tuple(pass_fds),
             start_new_session=new_session,
             cwd=cwd,
+            # prctl + getppid only, prepared before the fork: nothing that takes a lock.
+            preexec_fn=None if parent_death_signal is None else _death_signal(parent_death_signal),  # noqa: PLW1509
         )
     except OSError as exc:
         raise CommandError(args, None, "", str(exc)) from exc

@@ -8,33 +8,35 @@
 ...     client.submit(sum, [1, 2]).result()
 
 Clusters live in their own supervisor process (see :mod:`ctrlstack.deploy.supervisor`); a
-:class:`Cluster` handle is just a name plus the registry record, so handles can be recreated from
-any process with :func:`get`.
+:class:`Cluster` handle is just a name, so handles can be recreated from any process (and any
+host sharing the home directory) with :func:`get`.  Every cluster speaks TLS only; handles,
+:func:`connect` and the CLI use the cluster's credentials from the owner's state dir.
+
+This module decides nothing about lifecycle: it validates arguments and calls
+:mod:`ctrlstack.deploy` (launcher, lifecycle, control).
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import os
 import secrets
 import signal
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from ctrlstack.config import get_profile, launch_timeout
-from ctrlstack.deploy import control
+from ctrlstack.deploy import control, lifecycle
 from ctrlstack.deploy.launcher import start_supervisor
-from ctrlstack.deploy.registry import ClusterRecord, Registry, validate_name
+from ctrlstack.deploy.lifecycle import ClusterNotFoundError
+from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, validate_name
+from ctrlstack.deploy.status import ClusterStatus
 
 if TYPE_CHECKING:
     from distributed import Client
+    from distributed.security import Security
 
     from ctrlstack.topology.report import CrowdingReport
 
@@ -42,37 +44,20 @@ __all__ = [
     "Cluster",
     "ClusterInfo",
     "ClusterNotFoundError",
+    "ClusterStatus",
     "cluster",
     "clusters",
     "connect",
     "crowding",
+    "forget",
     "get",
     "launch",
+    "logs",
     "stop",
 ]
 
-
-class ClusterNotFoundError(LookupError):
-    """No live cluster of that name is registered for this user."""
-
-
-@dataclass(frozen=True)
-class ClusterInfo:
-    """One row of :func:`clusters`: what the registry (and, if alive, the supervisor) says."""
-
-    name: str
-    profile: str
-    backend: str
-    state: str
-    address: str | None
-    dashboard: str | None
-    workers: int
-    pid: int | None
-    created: float
-    ephemeral: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+#: ``clusters()`` rows used to be called ClusterInfo; the one status shape replaced them.
+ClusterInfo = ClusterStatus
 
 
 def _registry() -> Registry:
@@ -82,7 +67,8 @@ def _registry() -> Registry:
 class Cluster:
     """A handle on a running cluster; cheap, stateless apart from its name.
 
-    Methods talk to the cluster's supervisor, so they work from any process of the same user.
+    Methods talk to the cluster's supervisor over TLS, so they work from any process of the
+    same user, on any host that shares the home directory.
     """
 
     def __init__(self, name: str, *, registry: Registry | None = None) -> None:
@@ -93,12 +79,18 @@ class Cluster:
     # ---------------------------------------------------------------- facts
     @property
     def record(self) -> ClusterRecord:
-        record = self._registry.read(self.name)
-        if record is None or record.state == "dead" or not record.is_alive():
+        """The registry record, if the cluster is not known to be gone."""
+        entry = self._registry.load(self.name)
+        if isinstance(entry, BrokenRecord):
+            status = lifecycle.judge(self._registry, entry)
+            raise lifecycle.BrokenRecordError(status.message or entry.reason)
+        if entry is None or (
+            entry.local and lifecycle.judge(self._registry, entry).state == "dead"
+        ):
             raise ClusterNotFoundError(
                 f"no running cluster named {self.name!r}; see 'ctrlstack list'"
             )
-        return record
+        return entry
 
     @property
     def address(self) -> str:
@@ -108,13 +100,20 @@ class Cluster:
         return address
 
     @property
+    def security(self) -> Security:
+        """The cluster's TLS settings (``distributed.security.Security``)."""
+        return lifecycle.security(self._registry, self.name)
+
+    @property
     def dashboard_link(self) -> str | None:
         return self.record.dashboard
 
-    def status(self) -> dict[str, Any]:
-        """Live status from the supervisor: workers, slots, adapt range, ..."""
-        result: dict[str, Any] = control.call(self.address, "ctrlstack_status")
-        return result
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        return control.call(self.address, op, security=self.security, **kwargs)
+
+    def status(self) -> ClusterStatus:
+        """Live status from the supervisor: workers with their CPUs, jobs, adapt range, ..."""
+        return ClusterStatus.from_dict(self._call("ctrlstack_status"))
 
     # ---------------------------------------------------------------- actions
     def client(self, **kwargs: Any) -> Client:
@@ -122,23 +121,26 @@ class Cluster:
         from distributed import Client
 
         if self._client is None or self._client.status in ("closed", "closing"):
+            kwargs.setdefault("security", self.security)
             self._client = Client(self.address, **kwargs)
         return self._client
 
-    def scale(self, n: int) -> dict[str, Any]:
+    def scale(self, n: int) -> ClusterStatus:
         """Ask for ``n`` workers; raises ``PlanError`` (nothing changes) if they do not fit."""
-        result: dict[str, Any] = control.call(self.address, "ctrlstack_scale", n=n)
-        return result
+        return ClusterStatus.from_dict(self._call("ctrlstack_scale", n=n))
 
-    def adapt(self, minimum: int = 0, maximum: int | None = None) -> dict[str, Any]:
+    def adapt(self, minimum: int = 0, maximum: int | None = None) -> ClusterStatus:
         """Let the cluster scale itself between ``minimum`` and ``maximum`` workers."""
-        result: dict[str, Any] = control.call(
-            self.address, "ctrlstack_adapt", minimum=minimum, maximum=maximum
+        return ClusterStatus.from_dict(
+            self._call("ctrlstack_adapt", minimum=minimum, maximum=maximum)
         )
-        return result
 
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         self.client().wait_for_workers(n, timeout=timeout)
+
+    def logs(self, lines: int = 200) -> str:
+        """The last ``lines`` lines of the supervisor's log."""
+        return logs(self.name, lines=lines)
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the cluster and wait until its supervisor has exited."""
@@ -146,7 +148,7 @@ class Cluster:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
-        stop(self.name, timeout=timeout, registry=self._registry)
+        lifecycle.stop(self._registry, self.name, timeout=timeout)
 
     # ---------------------------------------------------------------- display
     def __repr__(self) -> str:
@@ -155,28 +157,12 @@ class Cluster:
         return f"<ctrlstack.Cluster {self.name!r} {where}>"
 
     def _repr_html_(self) -> str:
+        from ctrlstack.display import status_html
+
         try:
-            s = self.status()
-        except (ClusterNotFoundError, control.ClusterUnreachableError) as exc:
-            return f"<b>ctrlstack cluster {html.escape(self.name)}</b>: {html.escape(str(exc))}"
-        dash = s.get("dashboard")
-        dash_html = (
-            f'<a href="{html.escape(dash)}" target="_blank">{html.escape(dash)}</a>'
-            if dash
-            else "off"
-        )
-        rows = "".join(
-            f"<tr><td>{html.escape(str(w))}</td><td>{html.escape(c or 'unpinned')}</td></tr>"
-            for w, c in s["slots"].items()
-        )
-        return (
-            f"<div><b>ctrlstack cluster {html.escape(self.name)}</b> "
-            f"(profile {html.escape(s['profile'])}, policy {html.escape(s['policy'])})<br>"
-            f"scheduler {html.escape(s['address'])}, dashboard {dash_html}<br>"
-            f"workers {s['workers']}/{s['requested']} (max {s['max_workers']}), "
-            f"{s['threads']} CPUs × {s['task_threads']} task threads each"
-            f"<table><tr><th>worker</th><th>CPUs</th></tr>{rows}</table></div>"
-        )
+            return status_html(self.status())
+        except Exception as exc:  # noqa: BLE001 - a repr must never raise
+            return status_html(ClusterStatus(name=self.name, state="unknown", message=str(exc)))
 
 
 def launch(
@@ -187,9 +173,10 @@ def launch(
 ) -> Cluster:
     """Start a cluster from a named profile; it lives in its own supervisor process.
 
-    ``overrides`` replace profile fields (``workers=4``, ``threads=8``, ``policy="numa"``).
-    Bad fields raise ``ConfigError``, plans that do not fit raise ``PlanError``, failed starts
-    raise ``LaunchError`` with the cause — in every case nothing is left running.
+    ``overrides`` replace profile fields (``workers=4``, ``threads=8``, ``policy="numa"``) or
+    settings of the profile's backend section.  Bad fields raise ``ConfigError``, plans that do
+    not fit raise ``PlanError``, a taken name ``NameTakenError``, failed starts ``LaunchError``
+    with the cause — in every case nothing is left running.
     """
     spec = get_profile(profile, **overrides)
     name = validate_name(name or f"{spec.profile}-{secrets.token_hex(3)}")
@@ -206,60 +193,30 @@ def get(name: str) -> Cluster:
 
 
 def connect(name: str, **kwargs: Any) -> Client:
-    """A ``distributed.Client`` connected to the running cluster ``name``."""
+    """A ``distributed.Client`` connected (over TLS) to the running cluster ``name``."""
     return get(name).client(**kwargs)
 
 
-def clusters() -> list[ClusterInfo]:
-    """Every cluster of this user; dead ones are reported once (``state="dead"``) and cleaned up."""
-    return [
-        ClusterInfo(
-            name=r.name,
-            profile=r.profile,
-            backend=r.backend,
-            state=r.state,
-            address=r.address,
-            dashboard=r.dashboard,
-            workers=r.workers,
-            pid=r.pid,
-            created=r.created,
-            ephemeral=r.ephemeral,
-        )
-        for r in _registry().sweep()
-    ]
+def clusters() -> list[ClusterStatus]:
+    """Every cluster of this user, from the registry: ``running``/``starting`` here, ``remote``
+    on another host, ``broken`` records; dead ones are reported once (``state="dead"``) and
+    cleaned up."""
+    return lifecycle.sweep(_registry())
 
 
 def stop(name: str, *, timeout: float = 30, registry: Registry | None = None) -> None:
     """Stop cluster ``name``: ask its supervisor, then make sure nothing of it is left running."""
-    registry = registry or _registry()
-    record = registry.read(name)
-    if record is None:
-        raise ClusterNotFoundError(f"no cluster named {name!r}; see 'ctrlstack list'")
-    proc = record.supervisor()
-    if proc is not None and record.address:
-        with contextlib.suppress(control.ClusterUnreachableError):
-            control.call(record.address, "ctrlstack_stop")
-        _wait_gone(record, timeout)
-    if record.supervisor() is not None:
-        with contextlib.suppress(psutil.Error):
-            record.supervisor().terminate()  # type: ignore[union-attr]
-        _wait_gone(record, 5)
-    record.reap()
-    registry.remove(name)
+    lifecycle.stop(registry or _registry(), validate_name(name), timeout=timeout)
 
 
-def _wait_gone(record: ClusterRecord, timeout: float) -> bool:
-    """Wait until the supervisor has exited; a zombie counts as exited.
+def forget(name: str) -> ClusterStatus:
+    """Remove the record of a broken, dead or unreachable cluster (signals nothing)."""
+    return lifecycle.forget(_registry(), validate_name(name))
 
-    ``psutil.Process.wait`` would also wait for the zombie to be reaped, which is up to whoever
-    adopted the double-forked supervisor (init, or a slow container PID 1).
-    """
-    deadline = time.monotonic() + timeout
-    while record.supervisor() is not None:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+
+def logs(name: str, *, lines: int = 200) -> str:
+    """The last ``lines`` lines of cluster ``name``'s supervisor log (also after it stopped)."""
+    return lifecycle.log_tail(_registry(), validate_name(name), lines=lines)
 
 
 @contextlib.contextmanager

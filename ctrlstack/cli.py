@@ -1,8 +1,10 @@
 """The ``ctrlstack`` command: the same API as ``import ctrlstack``, for terminals and batch scripts.
 
-Every command is a thin shell over :mod:`ctrlstack.api` or :mod:`ctrlstack.topology`; errors the
-user can fix (bad profile field, plan that does not fit, unknown cluster) print one clear line
-and exit with status 2, failures of the system exit with status 1.
+Every command is a thin shell over :mod:`ctrlstack.api` or :mod:`ctrlstack.topology`.  Errors
+are reported in one place, the group's :meth:`_Main.invoke`, from the one error table
+(:func:`ctrlstack.errors.classify`): errors the user can fix print one ``error:`` line and exit
+with status 2, failures of the system exit with status 1; no traceback reaches the user unless
+``--debug`` is given.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,28 +23,31 @@ from ctrlstack import __version__
 # Exit status for errors the user can fix by changing the command line or the profile.
 USAGE_ERROR = 2
 
+#: Largest worker count a command accepts (bounds input before it reaches Dask's wire format).
+MAX_WORKERS = 100_000
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn ctrlstack's own exceptions into one-line messages with the right exit status."""
-    from ctrlstack.api import ClusterNotFoundError
-    from ctrlstack.config import ConfigError
-    from ctrlstack.deploy.control import ClusterUnreachableError
-    from ctrlstack.deploy.launcher import LaunchError
-    from ctrlstack.deploy.registry import NameTakenError
-    from ctrlstack.topology.plan import PlanError
 
-    try:
-        yield
-    except (ConfigError, PlanError, NameTakenError, ClusterNotFoundError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(USAGE_ERROR)
-    except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(USAGE_ERROR)
-    except (LaunchError, ClusterUnreachableError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+def _report(exc: BaseException, debug: bool) -> int:
+    """Print ``exc`` as the error table says; return its exit status."""
+    from ctrlstack.errors import classify
+
+    info = classify(exc)
+    if debug:
+        traceback.print_exception(exc)
+    click.echo(f"error: {info.message}", err=True)
+    return info.exit_code
+
+
+class _Main(click.Group):
+    """The command group, with the single error boundary of the CLI."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes one line and a status
+            ctx.exit(_report(exc, bool(ctx.params.get("debug"))))
 
 
 def _echo_json(data: Any) -> None:
@@ -98,9 +103,10 @@ def _with_source(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ctrlstack")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show Python tracebacks of errors.")
+def main(debug: bool) -> None:
     """ctrlstack: topology-pinned Dask clusters from notebooks, scripts and the shell."""
 
 
@@ -114,20 +120,19 @@ def topology(
     """Show packages → NUMA nodes → L3 (chiplet) domains → cores, with allowed CPUs marked."""
     from ctrlstack.topology.render import render_machine
 
-    with _errors():
-        machine = _machine(sysfs_root, hwloc_xml, cpus)
-        context = None
-        if not (sysfs_root or hwloc_xml):
-            from ctrlstack.topology.discover import job_context
+    machine = _machine(sysfs_root, hwloc_xml, cpus)
+    context = None
+    if not (sysfs_root or hwloc_xml):
+        from ctrlstack.topology.discover import job_context
 
-            context = job_context()
-        if as_json:
-            data = machine.to_dict()
-            if context:
-                data["context"] = context
-            _echo_json(data)
-        else:
-            click.echo(render_machine(machine, context=context))
+        context = job_context()
+    if as_json:
+        data = machine.to_dict()
+        if context:
+            data["context"] = context
+        _echo_json(data)
+    else:
+        click.echo(render_machine(machine, context=context))
 
 
 @main.command("plan")
@@ -162,13 +167,12 @@ def plan_cmd(
     """Show which CPUs each worker would get here, or why they do not fit."""
     from ctrlstack.topology.plan import plan
 
-    with _errors():
-        machine = _machine(sysfs_root, hwloc_xml, cpus)
-        result = plan(machine, workers=workers, threads=threads, policy=policy, smt=smt)
-        if as_json:
-            _echo_json(result.to_dict())
-        else:
-            click.echo(result.render(machine))
+    machine = _machine(sysfs_root, hwloc_xml, cpus)
+    result = plan(machine, workers=workers, threads=threads, policy=policy, smt=smt)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        click.echo(result.render(machine))
 
 
 # ------------------------------------------------------------------------------------ profiles
@@ -182,14 +186,13 @@ def profiles(as_json: bool) -> None:
     """
     from ctrlstack.config import get_profile, profile_names
 
-    with _errors():
-        specs = []
-        broken = []
-        for name in profile_names():
-            try:
-                specs.append(get_profile(name))
-            except ValueError as exc:  # ConfigError, or a spec the schema let through
-                broken.append(str(exc))
+    specs = []
+    broken = []
+    for name in profile_names():
+        try:
+            specs.append(get_profile(name))
+        except ValueError as exc:  # ConfigError, or a spec the schema let through
+            broken.append(str(exc))
     if as_json:
         _echo_json({s.profile: s.to_dict() for s in specs})
     else:
@@ -237,41 +240,48 @@ def launch(profile: str | None, name: str | None, as_json: bool, **overrides: An
     """Start a cluster from PROFILE (default profile if omitted); it outlives this command."""
     from ctrlstack import api
 
-    with _errors():
-        handle = api.launch(profile, name=name, **_overrides(**overrides))
-        status = handle.status()
+    status = api.launch(profile, name=name, **_overrides(**overrides)).status()
     if as_json:
-        _echo_json(status)
+        _echo_json(status.to_dict())
         return
-    click.echo(f"cluster {status['name']} running at {status['address']}")
-    if status.get("dashboard"):
-        click.echo(f"dashboard {status['dashboard']}")
+    click.echo(f"cluster {status.name} running at {status.address}")
+    if status.dashboard:
+        click.echo(f"dashboard {status.dashboard}")
     click.echo(
-        f"{status['requested']} workers × {status['threads']} CPUs (policy {status['policy']}); "
-        f"connect with ctrlstack.connect({status['name']!r})"
+        f"{status.requested} workers × {status.threads} CPUs (policy {status.policy}); "
+        f"connect with ctrlstack.connect({status.name!r})"
     )
 
 
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_cmd(as_json: bool) -> None:
-    """Every cluster of this user, from any door, with its state."""
+    """Every cluster of this user, from any door and any host sharing this home, with its state.
+
+    Broken records are listed with their path and what is wrong; 'ctrlstack forget NAME'
+    removes one.
+    """
     from ctrlstack import api
 
-    with _errors():
-        infos = api.clusters()
+    statuses = api.clusters()
     if as_json:
-        _echo_json([i.to_dict() for i in infos])
+        _echo_json([s.to_dict() for s in statuses])
         return
-    if not infos:
+    if not statuses:
         click.echo("no clusters")
         return
-    click.echo(f"{'NAME':<20} {'PROFILE':<10} {'STATE':<9} {'WORKERS':>7}  {'AGE':>7}  ADDRESS")
-    for i in infos:
-        age = _age(time.time() - i.created)
+    click.echo(
+        f"{'NAME':<20} {'PROFILE':<10} {'STATE':<11} {'WORKERS':>7}  {'AGE':>6}  "
+        f"{'HOST':<12} ADDRESS"
+    )
+    for s in statuses:
+        age = _age(time.time() - s.created) if s.created else "-"
         click.echo(
-            f"{i.name:<20} {i.profile:<10} {i.state:<9} {i.workers:>7}  {age:>7}  {i.address or '-'}"
+            f"{s.name:<20} {s.profile:<10} {s.state:<11} {s.requested:>7}  {age:>6}  "
+            f"{(s.host or '-'):<12} {s.address or '-'}"
         )
+        if s.state in ("broken", "unreachable", "dead") and s.message:
+            click.echo(f"  {s.message}")
 
 
 def _age(seconds: float) -> str:
@@ -286,55 +296,61 @@ def _age(seconds: float) -> str:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 def status(name: str, as_json: bool) -> None:
-    """Live status of cluster NAME."""
+    """Live status of cluster NAME: workers with their CPUs, jobs, adaptive range."""
     from ctrlstack import api
 
-    with _errors():
-        data = api.get(name).status()
+    data = api.get(name).status()
     if as_json:
-        _echo_json(data)
+        _echo_json(data.to_dict())
         return
+    limit = f" (max {data.max_workers})" if data.max_workers is not None else ""
     click.echo(
-        f"{data['name']}: {data['workers']}/{data['requested']} workers up (max {data['max_workers']}), "
-        f"{data['threads']} CPUs each, policy {data['policy']}, scheduler {data['address']}"
+        f"{data.name}: {data.state}, {data.connected}/{data.requested} workers up{limit}, "
+        f"{data.threads} CPUs each, policy {data.policy}, scheduler {data.address}"
     )
-    if data.get("adapt"):
-        click.echo(f"adaptive: {data['adapt']['minimum']}..{data['adapt']['maximum']} workers")
-    for worker, cpus in data["slots"].items():
-        click.echo(f"  worker {worker}: CPUs {cpus or 'unpinned'}")
+    if data.adapt:
+        click.echo(f"adaptive: {data.adapt.minimum}..{data.adapt.maximum} workers")
+    for w in data.workers:
+        job = f" job {w.job_id}" if w.job_id else ""
+        click.echo(f"  worker {w.name}: {w.state}, CPUs {w.cpus or 'unpinned'}{job}")
+    for j in data.jobs:
+        reason = f" ({j.reason})" if j.reason else ""
+        click.echo(f"  job {j.job_id}: {j.state}{reason}{' on ' + j.node if j.node else ''}")
 
 
 @main.command()
 @click.argument("name")
-@click.argument("n", type=click.IntRange(min=0))
+@click.argument("n", type=click.IntRange(min=0, max=MAX_WORKERS))
 def scale(name: str, n: int) -> None:
     """Scale cluster NAME to N workers (stops adaptive scaling)."""
     from ctrlstack import api
 
-    with _errors():
-        data = api.get(name).scale(n)
-    click.echo(f"{name}: scaling to {data['requested']} workers")
+    data = api.get(name).scale(n)
+    click.echo(f"{name}: scaling to {data.requested} workers")
 
 
 @main.command()
 @click.argument("name")
-@click.option("--min", "minimum", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--max", "maximum", type=click.IntRange(min=0), help="Default: as many as fit.")
+@click.option(
+    "--min", "minimum", type=click.IntRange(min=0, max=MAX_WORKERS), default=0, show_default=True
+)
+@click.option(
+    "--max", "maximum", type=click.IntRange(min=0, max=MAX_WORKERS), help="Default: as many as fit."
+)
 def adapt(name: str, minimum: int, maximum: int | None) -> None:
     """Let cluster NAME scale itself between --min and --max workers."""
     from ctrlstack import api
 
-    with _errors():
-        data = api.get(name).adapt(minimum=minimum, maximum=maximum)
-    click.echo(
-        f"{name}: adaptive between {data['adapt']['minimum']} and {data['adapt']['maximum']} workers"
-    )
+    data = api.get(name).adapt(minimum=minimum, maximum=maximum)
+    assert data.adapt is not None
+    click.echo(f"{name}: adaptive between {data.adapt.minimum} and {data.adapt.maximum} workers")
 
 
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "stop_all", is_flag=True, help="Stop every cluster of this user.")
-def stop(names: tuple[str, ...], stop_all: bool) -> None:
+@click.pass_context
+def stop(ctx: click.Context, names: tuple[str, ...], stop_all: bool) -> None:
     """Stop cluster(s) NAMES and everything they started.
 
     Every named cluster is tried even if an earlier one fails; the exit status reports the worst.
@@ -344,21 +360,49 @@ def stop(names: tuple[str, ...], stop_all: bool) -> None:
     if not names and not stop_all:
         raise click.UsageError("name a cluster or pass --all")
     if stop_all:
-        with _errors():
-            names = tuple(i.name for i in api.clusters() if i.state != "dead")
+        names = tuple(
+            s.name for s in api.clusters() if s.state in ("starting", "running", "stopping")
+        )
         if not names:
             click.echo("no clusters")
             return
-    status = 0
+    worst = 0
+    debug = bool(ctx.find_root().params.get("debug"))
     for name in names:
         try:
-            with _errors():
-                api.stop(name)
-            click.echo(f"stopped {name}")
-        except SystemExit as exc:  # _errors() already printed the one-line message
-            status = max(status, exc.code if isinstance(exc.code, int) else 1)
-    if status:
-        sys.exit(status)
+            api.stop(name)
+        except Exception as exc:  # noqa: BLE001 - report, go on with the next name
+            worst = max(worst, _report(exc, debug))
+            continue
+        click.echo(f"stopped {name}")
+    if worst:
+        ctx.exit(worst)
+
+
+@main.command()
+@click.argument("name")
+def forget(name: str) -> None:
+    """Remove the record of cluster NAME when it is broken, dead or unreachable.
+
+    Nothing is signalled or cancelled; a cluster that provably runs is refused (use stop).
+    """
+    from ctrlstack import api
+
+    status = api.forget(name)
+    click.echo(f"forgot {name} ({status.state})")
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "-n", "--lines", type=click.IntRange(min=1), default=200, show_default=True,
+    help="How many lines of the end of the log.",
+)  # fmt: skip
+def logs(name: str, lines: int) -> None:
+    """Print the end of cluster NAME's supervisor log (also after the cluster stopped)."""
+    from ctrlstack import api
+
+    click.echo(api.logs(name, lines=lines), nl=False)
 
 
 @main.command()
@@ -368,12 +412,11 @@ def crowding(name: str, as_json: bool) -> None:
     """Where the threads of cluster NAME's workers really run, per L3 domain."""
     from ctrlstack import api
 
-    with _errors():
-        client = api.connect(name)
-        try:
-            report = api.crowding(client)
-        finally:
-            client.close()
+    client = api.connect(name)
+    try:
+        report = api.crowding(client)
+    finally:
+        client.close()
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -388,21 +431,29 @@ def crowding(name: str, as_json: bool) -> None:
 def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: Any) -> None:
     """Run SCRIPT against a fresh cluster and stop the cluster afterwards.
 
-    The script finds the cluster through DASK_SCHEDULER_ADDRESS, so a plain
-    ``distributed.Client()`` in it connects; CTRLSTACK_CLUSTER holds the cluster's name.
+    The script finds the cluster through DASK_SCHEDULER_ADDRESS and the cluster's TLS settings
+    in DASK_DISTRIBUTED__COMM__TLS__* variables, so a plain ``distributed.Client()`` in it
+    connects; CTRLSTACK_CLUSTER holds the cluster's name.  If this command is killed, the script
+    gets SIGTERM (and the cluster stops by itself).
     """
     import os
+    import signal
 
     from ctrlstack import _proc, api
+    from ctrlstack.deploy.security import Credentials
 
     name = f"run-{os.getpid()}"
-    with _errors(), api.cluster(profile, name=name, **_overrides(**overrides)):
+    with api.cluster(profile, name=name, **_overrides(**overrides)):
+        handle = api.get(name)
         env = dict(os.environ)
-        env["DASK_SCHEDULER_ADDRESS"] = api.get(name).address
+        env.update(Credentials.load(handle._registry.tls_dir(name)).env())
+        env["DASK_SCHEDULER_ADDRESS"] = handle.address
         env["CTRLSTACK_CLUSTER"] = name
         # stdin=None: the script reads our stdin (`ctrlstack run job.py < data` works).
-        child = _proc.spawn([sys.executable, script, *args], env=env,
-                            stdin=None, stdout=None, stderr=None)  # fmt: skip
+        child = _proc.spawn(
+            [sys.executable, script, *args], env=env, stdin=None, stdout=None, stderr=None,
+            parent_death_signal=signal.SIGTERM,
+        )  # fmt: skip
         code = _wait_script(child)
     sys.exit(code)
 

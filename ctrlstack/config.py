@@ -54,6 +54,7 @@ __all__ = [
     "ConfigError",
     "get_profile",
     "launch_timeout",
+    "log_retention",
     "profile_names",
     "state_dir",
     "validate_config",
@@ -330,6 +331,20 @@ def launch_timeout() -> float:
             describe(section_schema()["properties"]["launch-timeout"]),
         )
     return float(value)
+
+
+def log_retention() -> tuple[int, int]:
+    """``(keep-per-name, keep-total)`` of ``ctrlstack.logs``: how many supervisor logs to keep."""
+    packaged = _DEFAULTS[NAMESPACE]["logs"]
+    live = _section().get("logs", {})
+    live = live if isinstance(live, Mapping) else {}
+    out = []
+    for key in ("keep-per-name", "keep-total"):
+        value = live.get(key, packaged[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise field_error(None, f"{NAMESPACE}.logs.{key}", value, "an integer >= 1")
+        out.append(value)
+    return out[0], out[1]
 
 
 def _state_path(configured: Any, environ: Mapping[str, str]) -> pathlib.Path:

@@ -24,16 +24,15 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     with dask.config.set({"ctrlstack.state-dir": str(path)}):
         yield path
     # Whatever a test left running is a bug in the test or the code: clean it up and say so.
+    from ctrlstack.deploy import lifecycle
     from ctrlstack.deploy.registry import Registry
 
     leftovers = []
     registry = Registry(path)
-    for record in registry:
-        if record.is_alive():
-            leftovers.append(record.name)
-            from ctrlstack.api import stop
-
-            stop(record.name, registry=registry)
+    for status in lifecycle.sweep(registry):
+        if status.state in ("starting", "running", "stopping"):
+            leftovers.append(status.name)
+            lifecycle.stop(registry, status.name)
     assert not leftovers, f"test left clusters running: {leftovers}"
 
 

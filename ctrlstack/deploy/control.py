@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ctrlstack.errors import UnreachableError
+
+if TYPE_CHECKING:
+    from distributed.security import Security
 
 __all__ = ["ClusterUnreachableError", "call"]
 
@@ -21,25 +26,38 @@ __all__ = ["ClusterUnreachableError", "call"]
 CLOSE_GRACE = 5.0
 
 
-class ClusterUnreachableError(ConnectionError):
+class ClusterUnreachableError(UnreachableError):
     """The cluster's scheduler did not answer (stopped, dead, or a stale address)."""
 
 
-async def _acall(address: str, op: str, timeout: float, kwargs: dict[str, Any]) -> Any:
+async def _acall(
+    address: str, op: str, timeout: float, security: Security | None, kwargs: dict[str, Any]
+) -> Any:
     from distributed.core import rpc
 
-    r = rpc(address, timeout=timeout)
+    args = security.get_connection_args("client") if security is not None else {}
+    r = rpc(address, timeout=timeout, connection_args=args)
     try:
         return await asyncio.wait_for(getattr(r, op)(**kwargs), timeout)
     finally:
         await r.close_rpc()
 
 
-def call(address: str, op: str, *, timeout: float = 10.0, **kwargs: Any) -> Any:
-    """Call handler ``op`` on the scheduler at ``address``; handler errors are re-raised here."""
+def call(
+    address: str,
+    op: str,
+    *,
+    security: Security | None = None,
+    timeout: float = 10.0,
+    **kwargs: Any,
+) -> Any:
+    """Call handler ``op`` on the scheduler at ``address``; handler errors are re-raised here.
+
+    ``security``: the cluster's TLS credentials (every ctrlstack cluster requires them).
+    """
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ctrlstack-rpc")
     try:
-        future = pool.submit(asyncio.run, _acall(address, op, timeout, kwargs))
+        future = pool.submit(asyncio.run, _acall(address, op, timeout, security, kwargs))
         try:
             return future.result(timeout + CLOSE_GRACE)
         except (TimeoutError, OSError) as exc:  # futures.TimeoutError is TimeoutError (3.11)

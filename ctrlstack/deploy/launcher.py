@@ -1,14 +1,14 @@
 """Start a supervisor process and wait for its one-line ready report.
 
-Order matters for "bad input changes nothing": the spec is validated and planned *here*, before
-anything is created; only then is the name reserved and the supervisor spawned.  If the supervisor
-fails, times out or dies, everything it started is killed (by process group) and the record is
+Order matters for "bad input changes nothing": the spec is validated and checked by its backend
+(for ``local``: planned) *here*, before anything is created; only then is the name reserved, the
+cluster's TLS credentials created and the supervisor spawned.  If the supervisor fails, times out
+or dies, everything it started is stopped (by process group) and the record and private dir are
 removed before the error reaches the caller.
 
-After the spawn the launcher never writes the record: the supervisor registers its own pid and
-process group (see :mod:`ctrlstack.deploy.supervisor`), and a read-modify-write here could put a
-stale copy back over the supervisor's.  The launcher only reserves the name before the spawn and
-removes the record after a failed start, once the supervisor's process group is gone.
+After the spawn the launcher never writes the record: the supervisor registers its own identity
+and process group (see :mod:`ctrlstack.deploy.supervisor`), and a read-modify-write here could
+put a stale copy back over the supervisor's.
 """
 
 from __future__ import annotations
@@ -17,37 +17,35 @@ import contextlib
 import json
 import os
 import select
-import signal
+import shutil
 import subprocess
 import sys
 import time
 from typing import Any
 
-import psutil
-
 from ctrlstack import _proc
-from ctrlstack.config import ClusterSpec
-from ctrlstack.deploy.registry import ClusterRecord, Registry, validate_name
-from ctrlstack.topology.plan import PlanError, plan
+from ctrlstack.config import ClusterSpec, log_retention
+from ctrlstack.deploy import lifecycle, procs
+from ctrlstack.deploy.backends import backend_class
+from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, validate_name
+from ctrlstack.deploy.security import Credentials
+from ctrlstack.deploy.status import ClusterStatus
+from ctrlstack.errors import Failure, UserError
 
 __all__ = ["LaunchError", "check_spec", "start_supervisor"]
 
 
-class LaunchError(RuntimeError):
+class LaunchError(Failure):
     """A cluster did not start; the message carries the cause and the supervisor's log tail."""
 
 
-def check_spec(spec: ClusterSpec) -> None:
-    """Raise ``PlanError`` now if the spec cannot be placed on this machine."""
-    from ctrlstack.topology.discover import discover
+class LaunchRefused(UserError):
+    """The backend refused the request while starting (e.g. a batch system rejected the job)."""
 
-    plan(
-        discover(),
-        workers=None if spec.workers == "auto" else int(spec.workers),
-        threads=None if spec.threads == "auto" else int(spec.threads),
-        policy=spec.policy,
-        smt=spec.smt,
-    )
+
+def check_spec(spec: ClusterSpec, name: str = "check") -> None:
+    """Raise a ``UserError`` (``PlanError``, ``ConfigError``) now if the spec cannot work."""
+    backend_class(spec.backend)(spec, cluster_name=name).check()
 
 
 def _tail(path: str | None, lines: int = 25) -> str:
@@ -60,42 +58,28 @@ def _tail(path: str | None, lines: int = 25) -> str:
         return ""
 
 
-def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM the supervisor's process group, SIGKILL it after ``timeout``; bounded.
+def _why_taken(registry: Registry, existing: ClusterRecord | BrokenRecord) -> str | None:
+    """None if ``existing`` may be replaced (its cluster is dead), else why not."""
+    status = lifecycle.judge(registry, existing)
+    name = status.name
+    if status.state == "dead":
+        return None
+    if status.state == "broken":
+        return (
+            f"the name {name!r} is held by a damaged record ({status.message}); remove it with "
+            f"'ctrlstack forget {name}' or choose another name"
+        )
+    where = f" on host {status.host}" if status.state in ("remote", "unreachable") else ""
+    return (
+        f"a cluster named {name!r} already exists{where} (state {status.state}, address "
+        f"{status.address}); stop it with 'ctrlstack stop {name}' or choose another name"
+    )
 
-    ``proc`` (the process we spawned, whose pid is the group id) is reaped while we wait: an
-    unreaped zombie is still a group member, so otherwise the group would never look empty.
-    """
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not _group_running(pgid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
-
-def _group_running(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` still runs; zombies do not count.
-
-    The daemonised supervisor is re-parented to init, so after it dies it stays a zombie (and a
-    group member) until init reaps it, which some container inits do late or never.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for member in psutil.process_iter():
-        try:
-            if os.getpgid(member.pid) == pgid and member.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (OSError, psutil.Error):
-            continue
-    return False
+def _prune_logs(registry: Registry) -> None:
+    keep_per_name, keep_total = log_retention()
+    live = {r.log for r in registry if isinstance(r, ClusterRecord) and r.log}
+    registry.prune_logs(keep_per_name, keep_total, protect=live)
 
 
 def start_supervisor(
@@ -105,24 +89,35 @@ def start_supervisor(
     registry: Registry,
     timeout: float,
     ephemeral: bool = False,
-) -> dict[str, Any]:
+) -> ClusterStatus:
     """Spawn the supervisor for ``name`` and return its ready report (the cluster status)."""
     validate_name(name)
-    check_spec(spec)
-    log_path = str(registry.log_path(name))
+    check_spec(spec, name)
+    log_path = registry.new_log(name)
     reservation = ClusterRecord(
         name=name,
         profile=spec.profile,
         backend=spec.backend,
         spec=spec.to_dict(),
         ephemeral=ephemeral,
-        log=log_path,
+        owner_process=procs.ProcessId.current() if ephemeral else None,
+        log=str(log_path),
     )
-    registry.reserve(reservation)
+    replaced = registry.reserve(reservation, lambda e: _why_taken(registry, e))
     # From here on every exit path must release the name: nothing before the try may fail.
     read_fd = write_fd = -1
     proc: subprocess.Popen[bytes] | None = None
+    spawned_at = time.time()
     try:
+        if isinstance(replaced, ClusterRecord):
+            # A dead cluster held the name: stop its leftovers and jobs (its record is gone).
+            if replaced.local and replaced.supervisor is not None and replaced.pgid is not None:
+                procs.stop_group(replaced.pgid, since=replaced.created)
+            lifecycle._cancel_jobs(replaced)
+        shutil.rmtree(registry.cluster_dir(name), ignore_errors=True)  # a dead one's files
+        registry.make_cluster_dir(name)
+        Credentials.create(registry.tls_dir(name))
+        _prune_logs(registry)
         read_fd, write_fd = os.pipe()
         argv = [
             sys.executable, "-m", "ctrlstack.deploy.supervisor",
@@ -132,22 +127,26 @@ def start_supervisor(
             "--state-dir", str(registry.root),
             "--ready-fd", str(write_fd),
         ]  # fmt: skip
-        if ephemeral:
-            argv += ["--owner-pid", str(os.getpid())]
+        if reservation.owner_process is not None:
+            argv += ["--owner", json.dumps(reservation.owner_process.to_dict())]
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as log:
+            spawned_at = time.time()
             proc = _proc.spawn(argv, stdout=log, stderr=log, pass_fds=[write_fd], new_session=True)
         os.close(write_fd)
         write_fd = -1
-        report = _await_ready(read_fd, timeout, log_path)
+        report = _await_ready(read_fd, timeout, str(log_path))
         proc.wait(5)  # the intermediate parent of the daemonised supervisor
     except BaseException as exc:
         if proc is not None:
-            _kill_group(proc)
+            # The group id is the pid of the process we spawned (its session leader); only
+            # members started since the spawn count.
+            procs.stop_group(proc.pid, since=spawned_at)
             with contextlib.suppress(Exception):
                 proc.wait(5)
-        registry.remove(name, created=reservation.created)  # ours only, not a successor's
-        if isinstance(exc, PlanError | LaunchError):
+        if registry.remove(name, created=reservation.created, files=False):
+            shutil.rmtree(registry.cluster_dir(name), ignore_errors=True)
+        if isinstance(exc, UserError | LaunchError):
             raise
         if isinstance(exc, Exception):
             raise LaunchError(f"cluster {name!r} failed to start: {exc}") from exc
@@ -159,7 +158,7 @@ def start_supervisor(
     return report
 
 
-def _await_ready(read_fd: int, timeout: float, log_path: str) -> dict[str, Any]:
+def _await_ready(read_fd: int, timeout: float, log_path: str) -> ClusterStatus:
     deadline = time.monotonic() + timeout
     buf = b""
     while b"\n" not in buf:
@@ -183,7 +182,7 @@ def _await_ready(read_fd: int, timeout: float, log_path: str) -> dict[str, Any]:
     report: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
     if not report.get("ok"):
         message = report.get("error", "unknown error")
-        if report.get("plan_error"):
-            raise PlanError(message)
+        if report.get("kind") == "user":
+            raise LaunchRefused(message)
         raise LaunchError(f"{report.get('type', 'Error')}: {message}")
-    return report
+    return ClusterStatus.from_dict(report["status"])

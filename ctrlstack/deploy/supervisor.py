@@ -15,9 +15,16 @@ says so, or ``{"ok": false, "error": ...}`` with the cause.  The launcher theref
 a failed start and always sees why it failed.
 
 Registry record: the supervisor is the only process that updates its record once it runs.  It
-writes its own pid, start time and process group *first thing*, before the (slow) cluster start,
-so from then on liveness is judged by the process itself and never by the launcher's
-"starting" grace period, which a long ``launch-timeout`` could outlast.
+writes its own identity (pid, start time, host, boot id) and process group *first thing*, before
+the (slow) cluster start, so from then on liveness is judged by the process itself and never by
+the launcher's "starting" grace period, which a long ``launch-timeout`` could outlast.  It also
+keeps a second copy in its pid file, and rewrites its record whenever it finds it missing or
+damaged, so a truncated record never leaves a running cluster untracked.
+
+Backends: the supervisor knows none by name.  It asks :func:`~ctrlstack.deploy.backends.
+backend_class` for the profile's backend and goes through the :class:`~ctrlstack.deploy.
+backends.Backend` protocol for start, status, scale checks, polling and clean-up.  Every
+cluster speaks TLS with the credentials the launcher created in the cluster's private dir.
 """
 
 from __future__ import annotations
@@ -32,20 +39,26 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from ctrlstack.config import ClusterSpec
-from ctrlstack.deploy.local import SLOT_ENV, PinnedLocalCluster
+from ctrlstack.deploy import procs
+from ctrlstack.deploy.backends import Backend, backend_class
 from ctrlstack.deploy.registry import ClusterRecord, Registry
-from ctrlstack.topology.discover import discover
-from ctrlstack.topology.plan import PlanError
+from ctrlstack.deploy.security import Credentials
+from ctrlstack.deploy.status import AdaptRange, ClusterStatus, WorkerStatus
+from ctrlstack.errors import UserError
+
+if TYPE_CHECKING:
+    from distributed import SpecCluster
 
 logger = logging.getLogger("ctrlstack.supervisor")
 
 #: How often the supervisor checks its owner (ephemeral clusters) and its scheduler.
 WATCH_INTERVAL = 0.5
+
+#: How often it polls its backend and checks that its registry record is intact.
+POLL_INTERVAL = 2.0
 
 
 async def _awaitable(result: Any) -> None:
@@ -65,16 +78,6 @@ def _write_ready(fd: int | None, message: dict[str, Any]) -> None:
             os.close(fd)
 
 
-def _owner(pid: int | None) -> psutil.Process | None:
-    """The owner process as a ``psutil.Process`` (remembers its start time), if it runs."""
-    if pid is None:
-        return None
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
-
-
 class Supervisor:
     """Runs one cluster until told to stop; see the module docstring."""
 
@@ -84,53 +87,35 @@ class Supervisor:
         spec: ClusterSpec,
         registry: Registry,
         *,
-        owner_pid: int | None = None,
+        owner: procs.ProcessId | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
         self.registry = registry
-        self.owner_pid = owner_pid
-        # Captured now, while the owner is surely alive (it is waiting for us): the start time
-        # it carries is what makes a reused pid or a zombie owner count as gone later.
-        self._owner = _owner(owner_pid)
-        self.cluster: PinnedLocalCluster | None = None
+        #: Ephemeral clusters: the process that asked; when it is gone, the cluster stops.
+        self.owner = owner
+        self.me = procs.ProcessId.current()
+        self.created = time.time()
+        credentials = Credentials.load(registry.tls_dir(name))
+        self.security = credentials.security()
+        self.backend: Backend = backend_class(spec.backend)(
+            spec,
+            cluster_name=name,
+            security=self.security,
+            workdir=registry.cluster_dir(name),
+        )
+        self.cluster: SpecCluster | None = None
         self.stopping = asyncio.Event()
         self.adapt_range: tuple[int, int] | None = None
+        self._state = "starting"
 
     # ---------------------------------------------------------------- lifecycle
     def owner_gone(self) -> bool:
-        """For ephemeral clusters: has the process that asked for the cluster exited?
-
-        ``psutil.pid_exists`` is not enough: a killed owner stays a zombie until its parent reaps
-        it, and its pid may be reused by an unrelated process afterwards.
-        """
-        if self.owner_pid is None:
-            return False
-        if self._owner is None:
-            return True
-        try:
-            return not self._owner.is_running() or self._owner.status() == psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return True
+        """For ephemeral clusters: has the process that asked for the cluster exited?"""
+        return self.owner is not None and self.owner.process() is None
 
     async def start(self) -> None:
-        spec = self.spec
-        machine = discover()
-        self.cluster = await PinnedLocalCluster(
-            machine,
-            workers=None if spec.workers == "auto" else int(spec.workers),
-            threads=None if spec.threads == "auto" else int(spec.threads),
-            task_threads=spec.task_threads,
-            policy=spec.policy,
-            smt=spec.smt,
-            memory_limit=spec.memory_limit,
-            dashboard=spec.dashboard,
-            env=dict(spec.env),
-            worker_options=spec.worker_kwargs(),
-            asynchronous=True,
-            name=self.name,
-            silence_logs=logging.WARNING,
-        )
+        self.cluster = await self.backend.create()
         scheduler = self.cluster.scheduler
         assert scheduler is not None
         scheduler.handlers.update(
@@ -141,9 +126,22 @@ class Supervisor:
                 "ctrlstack_stop": self.handle_stop,
             }
         )
-        if spec.adapt is not None:
-            self._adapt(*spec.adapt)
-        self._update_record(state="running")
+        if self.spec.adapt is not None:
+            self._adapt(*self.spec.adapt)
+        self._state = "running"
+        self._update_record()
+
+    def _scheduler_closed(self) -> bool:
+        scheduler = self.cluster.scheduler if self.cluster is not None else None
+        return scheduler is None or scheduler.status.name in ("closing", "closed", "failed")
+
+    def _idle_for(self, idle_since: float | None) -> float | None:
+        """Start of the current idle stretch (no tasks, no clients), or None while busy."""
+        scheduler = self.cluster.scheduler if self.cluster is not None else None
+        if scheduler is None:
+            return idle_since
+        busy = bool(scheduler.tasks) or bool(scheduler.clients.keys() - {"fire-and-forget"})
+        return None if busy else (idle_since or time.monotonic())
 
     async def run_until_stopped(self) -> None:
         assert self.cluster is not None
@@ -151,101 +149,144 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stopping.set)
         idle_since: float | None = None
+        next_poll = time.monotonic() + POLL_INTERVAL
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
             if self.owner_gone():
-                logger.info("owner process %s is gone; stopping", self.owner_pid)
+                logger.info("owner process %s is gone; stopping", self.owner)
                 break
-            scheduler = self.cluster.scheduler
-            if scheduler is None or scheduler.status.name in ("closing", "closed", "failed"):
+            if self._scheduler_closed():
                 logger.info("scheduler closed; stopping")
                 break
             if self.spec.idle_timeout is not None:
-                busy = bool(scheduler.tasks) or bool(scheduler.clients.keys() - {"fire-and-forget"})
-                idle_since = None if busy else (idle_since or time.monotonic())
+                idle_since = self._idle_for(idle_since)
                 if (
                     idle_since is not None
                     and time.monotonic() - idle_since > self.spec.idle_timeout
                 ):
                     logger.info("idle for %s s; stopping", self.spec.idle_timeout)
                     break
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + POLL_INTERVAL
+                await self._poll()
+
+    async def _poll(self) -> None:
+        """Refresh the backend's view and keep the record intact and current."""
+        try:
+            await self.backend.poll()
+        except Exception:
+            logger.exception("backend poll failed")
+        current = self.registry.load(self.name)
+        expected = self._record()
+        if not isinstance(current, ClusterRecord) or current.to_dict() != expected.to_dict():
+            if current is not None and not isinstance(current, ClusterRecord):
+                logger.warning("registry record of %s was damaged; rewriting it", self.name)
+            self._write_record(expected)
 
     async def close(self) -> None:
         logger.info("cluster %s stopping", self.name)
-        self._update_record(state="stopping")
+        self._state = "stopping"
+        self._update_record()
         await self.close_cluster()
-        self.registry.remove(self.name)
+        self.registry.remove(self.name, supervisor=self.me)
 
     async def close_cluster(self, timeout: float = 30) -> None:
-        """Close scheduler and workers, bounded: a hung close must not keep the supervisor up."""
+        """Close scheduler and workers, then let the backend clean up; bounded, so a hung close
+        must not keep the supervisor up."""
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(_awaitable(self.cluster.close()), timeout)
+        try:
+            await asyncio.wait_for(self.backend.cleanup(), timeout)
+        except Exception:
+            logger.exception("backend clean-up failed")
 
-    # ---------------------------------------------------------------- handlers
-    def status(self) -> dict[str, Any]:
+    # ---------------------------------------------------------------- status
+    def status(self) -> ClusterStatus:
         cluster = self.cluster
         assert cluster is not None
         assert cluster.scheduler is not None
         scheduler = cluster.scheduler
-        slots = {
-            str(name): spec["options"]["env"].get("CTRLSTACK_CPUS", "")
-            for name, spec in cluster.worker_spec.items()
-        }
-        return {
-            "name": self.name,
-            "profile": self.spec.profile,
-            "backend": self.spec.backend,
-            "address": scheduler.address,
-            "dashboard": cluster.dashboard_link if self.spec.dashboard else None,
-            "pid": os.getpid(),
-            "workers": len(scheduler.workers),
-            "requested": len(cluster.worker_spec),
-            "max_workers": cluster.max_workers,
-            "threads": cluster.full_plan.threads,
-            "task_threads": cluster.task_threads,
-            "policy": cluster.full_plan.policy,
-            "pinned": cluster.full_plan.pinned,
-            "adapt": None
-            if self.adapt_range is None
-            else {"minimum": self.adapt_range[0], "maximum": self.adapt_range[1]},
-            "slots": slots,
-            "slot_index": {
-                str(name): int(spec["options"]["env"][SLOT_ENV])
-                for name, spec in cluster.worker_spec.items()
-            },
-        }
+        report = self.backend.report()
+        connected = {str(ws.name): ws for ws in scheduler.workers.values()}
+        workers: list[WorkerStatus] = []
+        for worker in report.workers:
+            ws = connected.pop(worker.name, None)
+            if ws is not None:
+                worker.state = "running"
+                worker.address = ws.address
+                worker.host = ws.host
+                worker.task_threads = ws.nthreads
+                worker.memory_limit = ws.memory_limit or None
+            workers.append(worker)
+        for wname, ws in connected.items():  # workers the backend did not plan by name
+            workers.append(
+                WorkerStatus(
+                    name=wname,
+                    address=ws.address,
+                    host=ws.host,
+                    task_threads=ws.nthreads,
+                    memory_limit=ws.memory_limit or None,
+                )
+            )
+        return ClusterStatus(
+            name=self.name,
+            profile=self.spec.profile,
+            backend=self.spec.backend,
+            state=self._state,
+            owner=self._record().owner,
+            host=self.me.host,
+            created=self.created,
+            ephemeral=self.owner is not None,
+            address=scheduler.address,
+            dashboard=cluster.dashboard_link if self.spec.dashboard else None,
+            pid=self.me.pid,
+            connected=len(scheduler.workers),
+            requested=report.requested,
+            max_workers=report.max_workers,
+            threads=report.threads,
+            task_threads=report.task_threads,
+            policy=report.policy,
+            pinned=report.pinned,
+            adapt=None if self.adapt_range is None else AdaptRange(*self.adapt_range),
+            workers=workers,
+            jobs=report.jobs,
+            log=self._record().log,
+        )
 
+    # ---------------------------------------------------------------- handlers
     async def handle_status(self) -> dict[str, Any]:
-        return self.status()
+        return self.status().to_dict()
 
-    async def handle_scale(self, n: int) -> dict[str, Any]:
+    async def handle_scale(self, n: Any) -> dict[str, Any]:
         assert self.cluster is not None
-        self.cluster.check_scale(n)  # raises before anything changes
+        _check_count("number of workers", n)
+        self.backend.check_scale(n)  # raises before anything changes
         if self.adapt_range is not None:
             self._stop_adaptive()  # an explicit scale ends adaptive mode, as in Dask
         self.cluster.scale(n)
         self._update_record()
-        return self.status()
+        return self.status().to_dict()
 
     async def handle_adapt(
-        self, minimum: int | None = None, maximum: int | None = None, off: bool = False
+        self, minimum: Any = None, maximum: Any = None, off: bool = False
     ) -> dict[str, Any]:
         assert self.cluster is not None
         if off:
             self._stop_adaptive()
-            return self.status()
+            return self.status().to_dict()
         lo = 0 if minimum is None else minimum
-        hi = self.cluster.max_workers if maximum is None else maximum
-        for label, value in (("minimum", lo), ("maximum", hi)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"adapt {label} must be an integer >= 0, got {value!r}")
+        hi = self.backend.report().max_workers if maximum is None else maximum
+        _check_count("adapt minimum", lo)
+        if hi is None:
+            raise UserError("adapt maximum is required for this backend (its queue is unbounded)")
+        _check_count("adapt maximum", hi)
         if lo > hi:
-            raise ValueError(f"adapt minimum ({lo}) must not exceed maximum ({hi})")
-        self.cluster.check_scale(hi)
+            raise UserError(f"adapt minimum ({lo}) must not exceed maximum ({hi})")
+        self.backend.check_scale(hi)
         self._adapt(lo, hi)
-        return self.status()
+        return self.status().to_dict()
 
     def _stop_adaptive(self) -> None:
         adaptive = getattr(self.cluster, "_adaptive", None)
@@ -267,32 +308,70 @@ class Supervisor:
 
     # ---------------------------------------------------------------- registry
     def register(self) -> None:
-        """Put this process's pid, start time and process group into the record, before starting.
+        """Put this process's identity into the record and the pid file, before starting.
 
         The launcher cannot do it: the supervisor daemonises (double fork), so the pid the
         launcher spawned is not the supervisor's.  The record keeps ``state="starting"``.
         """
+        reserved = self.registry.read(self.name)
+        if reserved is not None:
+            self.created = reserved.created
+            self._base = reserved
         self._update_record()
 
-    def _update_record(self, state: str | None = None) -> None:
-        record = self.registry.read(self.name)
-        if record is None:
-            if state == "stopping":
-                return
-            record = ClusterRecord(
-                name=self.name, profile=self.spec.profile, backend=self.spec.backend
-            )
-        me = psutil.Process()
-        record.pid = me.pid
-        record.pid_started = me.create_time()
+    _base: ClusterRecord | None = None
+
+    def _record(self) -> ClusterRecord:
+        """The record as this supervisor knows it (what it writes, and rewrites when damaged)."""
+        base = self._base
+        record = ClusterRecord(
+            name=self.name,
+            profile=self.spec.profile,
+            backend=self.spec.backend,
+            created=self.created,
+            spec=self.spec.to_dict(),
+            ephemeral=self.owner is not None,
+            owner_process=self.owner,
+            log=base.log if base is not None else None,
+        )
+        if base is not None:
+            record.owner = base.owner
+        record.state = self._state
+        record.host, record.boot = self.me.host, self.me.boot
+        record.supervisor = self.me
         record.pgid = os.getpgid(0)
-        if state is not None:
-            record.state = state
-        if self.cluster is not None and self.cluster.scheduler is not None:
-            record.address = self.cluster.scheduler.address
-            record.dashboard = self.cluster.dashboard_link if self.spec.dashboard else None
-            record.workers = len(self.cluster.worker_spec)
+        cluster = self.cluster
+        if cluster is not None and cluster.scheduler is not None:
+            record.address = cluster.scheduler.address
+            record.dashboard = cluster.dashboard_link if self.spec.dashboard else None
+            record.requested = len(cluster.worker_spec)
+        record.job_ids = self.backend.job_ids()
+        return record
+
+    def _write_record(self, record: ClusterRecord) -> None:
         self.registry.write(record)
+        self.registry.write_pid_file(
+            self.name,
+            {
+                "supervisor": self.me.to_dict(),
+                "pgid": record.pgid,
+                "created": record.created,
+                "address": record.address,
+            },
+        )
+
+    def _update_record(self) -> None:
+        self._write_record(self._record())
+
+
+def _check_count(label: str, value: Any) -> None:
+    """A worker count must be a plain int in a sane range (a huge one fails msgpack later)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_WORKERS:
+        raise UserError(f"{label} must be an integer from 0 to {MAX_WORKERS}, got {value!r}")
+
+
+#: More workers than any one cluster could have; bounds requests before they reach Dask.
+MAX_WORKERS = 100_000
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -301,26 +380,29 @@ async def _main(args: argparse.Namespace) -> int:
     supervisor: Supervisor | None = None
     try:
         spec = ClusterSpec.from_dict(json.loads(args.spec), profile=args.profile)
-        supervisor = Supervisor(args.name, spec, registry, owner_pid=args.owner_pid)
+        owner = procs.ProcessId.from_dict(json.loads(args.owner)) if args.owner else None
+        supervisor = Supervisor(args.name, spec, registry, owner=owner)
         supervisor.register()
         await supervisor.start()
     except Exception as exc:  # noqa: BLE001 - any start failure must reach the launcher
         logger.error("cluster %s failed to start:\n%s", args.name, traceback.format_exc())
+        from ctrlstack.errors import classify
+
         _write_ready(
             ready_fd,
             {
                 "ok": False,
                 "error": str(exc) or type(exc).__name__,
                 "type": type(exc).__name__,
-                "plan_error": isinstance(exc, PlanError),
+                "kind": classify(exc).kind,
             },
         )
         if supervisor is not None:
             await supervisor.close_cluster()
-        registry.remove(args.name)
+            registry.remove(args.name, supervisor=supervisor.me)
         return 1
-    _write_ready(ready_fd, {"ok": True, **supervisor.status()})
-    logger.info("cluster %s running at %s", args.name, supervisor.status()["address"])
+    _write_ready(ready_fd, {"ok": True, "status": supervisor.status().to_dict()})
+    logger.info("cluster %s running at %s", args.name, supervisor.status().address)
     try:
         await supervisor.run_until_stopped()
     finally:
@@ -336,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
-    parser.add_argument("--owner-pid", type=int, default=None)
+    parser.add_argument("--owner", default=None, help="ProcessId (JSON) of the owner process")
     parser.add_argument(
         "--no-daemon", action="store_true", help="stay in the foreground (for debugging)"
     )

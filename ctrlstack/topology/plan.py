@@ -48,6 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ctrlstack.errors import UserError
+
 from .cpuset import CpuSet, format_cpulist, parse_cpulist
 from .model import Machine
 
@@ -56,7 +58,7 @@ __all__ = ["POLICIES", "Plan", "PlanError", "Slot", "capacity", "plan"]
 POLICIES: tuple[str, ...] = ("l3", "numa", "socket", "core", "none")
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """A plan cannot be made as asked; the message says what was asked, what fits, what to do."""
 
 
