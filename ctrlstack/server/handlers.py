@@ -70,6 +70,8 @@ class _Base(APIHandler):
             self.log.error("ctrlstack: %s failed", self.request.path, exc_info=exc)
         field = getattr(exc, "field", None)
         allowed = getattr(exc, "allowed", None)
+        if verdict.http_status == 409 and field is None:
+            field = "name"  # the only conflict a request can cause: the cluster name is taken
         self.send(
             error_body(
                 verdict.kind,

@@ -262,34 +262,19 @@ def _list() -> list[ClusterStatus]:
 
 
 def _status(name: str) -> ClusterStatus:
-    api = _api()
-    return as_status(_merge_record(api.get(name), api.get(name).status()))
-
-
-def _merge_record(handle: Any, live: Any) -> Any:
-    """Legacy live status lacks registry facts (state, created): take them from the record."""
-    if isinstance(live, Mapping) and "created" not in live:
-        record = handle.record
-        return {**live, "created": record.created, "state": "running", "log": record.log}
-    return live
+    return as_status(_api().get(name).status())
 
 
 def _launch(profile: str, name: str | None, overrides: dict[str, Any]) -> ClusterStatus:
-    api = _api()
-    handle = api.launch(profile, name=name, **overrides)
-    return as_status(_merge_record(handle, handle.status()))
+    return as_status(_api().launch(profile, name=name, **overrides).status())
 
 
 def _scale(name: str, n: int) -> ClusterStatus:
-    handle = _api().get(name)
-    handle.scale(n)
-    return as_status(_merge_record(handle, handle.status()))
+    return as_status(_api().get(name).scale(n))
 
 
 def _adapt(name: str, minimum: int, maximum: int | None) -> ClusterStatus:
-    handle = _api().get(name)
-    handle.adapt(minimum=minimum, maximum=maximum)
-    return as_status(_merge_record(handle, handle.status()))
+    return as_status(_api().get(name).adapt(minimum=minimum, maximum=maximum))
 
 
 def _stop(name: str) -> None:
@@ -297,15 +282,8 @@ def _stop(name: str) -> None:
 
 
 def _logs(name: str, lines: int) -> str:
-    api = _api()
-    if hasattr(api, "logs"):
-        text: str = api.logs(name, lines=lines)
-        return text
-    record = api.get(name).record  # ClusterNotFoundError -> 404
-    if not record.log:
-        return ""
-    with open(record.log, encoding="utf-8", errors="replace") as fh:
-        return "".join(fh.readlines()[-lines:])
+    text: str = _api().logs(name, lines=lines)
+    return text
 
 
 def _topology() -> dict[str, Any]:
