@@ -227,14 +227,17 @@ def _profiles() -> dict[str, Any]:
     for name in profile_names():
         body = raw.get(name)
         values = {**builtin_profile(), **(dict(body) if isinstance(body, Mapping) else {})}
+        backend = values.get("backend")
+        if isinstance(backend, str):  # the section as launched: site defaults under the profile's
+            defaults = dask.config.get(f"ctrlstack.backends.{backend}", default={}) or {}
+            own = values.get(backend)
+            values[backend] = {**defaults, **(own if isinstance(own, Mapping) else {})}
         error = None
         try:
             get_profile(name)
         except ValueError as exc:
             error = str(exc)
-        rows.append(
-            {"name": name, "backend": values.get("backend"), "values": values, "error": error}
-        )
+        rows.append({"name": name, "backend": backend, "values": values, "error": error})
     backends = schema()["$defs"].get("backend-options", {})
     return {
         "profiles": rows,

@@ -80,7 +80,7 @@ export class ClusterCards {
     const minN = numberInput('ctrlstack-adapt-min', '0', 'adapt minimum');
     const maxN = numberInput('ctrlstack-adapt-max', '', 'adapt maximum (empty: as many as fit)');
     const button = (label: string, cls: string, fn: () => void): HTMLButtonElement => {
-      const b = h('button', { className: `jp-mod-styled ${cls}`, type: 'button' }, label);
+      const b = h('button', { className: `jp-mod-styled ${cls}`, type: 'button', title: label === 'Connect' ? `insert client = ctrlstack.connect("${name}") into the active notebook` : null }, label);
       b.addEventListener('click', fn);
       return b;
     };
@@ -102,7 +102,7 @@ export class ClusterCards {
         'span',
         {},
         h('a', { className: 'ctrlstack-dashboard jp-mod-styled', target: '_blank', rel: 'noopener' }, 'Dashboard'),
-        button('Insert client', 'ctrlstack-insert', () => this.actions.insert(name)),
+        button('Connect', 'ctrlstack-insert', () => this.actions.insert(name)),
         button('Log', 'ctrlstack-logs', () => this.actions.logs(name)),
         button('Stop', 'jp-mod-warn ctrlstack-stop', () => this.actions.stop(name))
       )

@@ -18,7 +18,7 @@ export interface ILaunchFormOptions {
 }
 
 function current(profile: IProfile, field: IField): unknown {
-  const base = field.sub === null ? profile.values[field.override] : profile.values[field.override];
+  const base = profile.values[field.override];
   if (field.path.startsWith(`${profile.backend}.`)) {
     const section = profile.values[profile.backend];
     return section && typeof section === 'object' ? (section as Record<string, unknown>)[field.override] : undefined;
@@ -71,6 +71,7 @@ export class LaunchForm {
     });
     this.node.append(this.row('profile', 'profile', select, profile.error ?? `backend ${profile.backend}`));
     const name = h('input', { name: 'name', 'data-path': 'name', placeholder: 'automatic', type: 'text' });
+    name.addEventListener('input', () => this.setError('name', null));
     this.node.append(this.row('name', 'name', name, 'cluster name (letters, digits, . _ -)'));
     this._fields = formFields(profiles.schema, profiles.backends, profile.backend);
     for (const field of this._fields) {
@@ -88,6 +89,7 @@ export class LaunchForm {
         input = h('input', { type: 'text', 'data-path': field.path, value: show(value), placeholder: describe(field.schema) });
       }
       input.addEventListener('change', () => this.checkOne(field, input));
+      input.addEventListener('input', () => this.setError(field.path, null));
       this.node.append(this.row(field.path, field.path, input, field.schema.description ?? ''));
     }
     this._button = h('button', { type: 'submit', className: 'jp-mod-styled jp-mod-accept ctrlstack-launch' }, 'Launch');
@@ -138,7 +140,12 @@ export class LaunchForm {
       if (!input) {
         continue;
       }
-      const parsed = parseInput(field, this.raw(input));
+      const raw = this.raw(input);
+      if (raw === '' && current(profile, field) === undefined) {
+        this.setError(field.path, null);
+        continue; // not set by the profile and left empty: the server's default applies
+      }
+      const parsed = parseInput(field, raw);
       this.setError(field.path, parsed.ok ? null : parsed.error);
       if (!parsed.ok) {
         valid = false;
