@@ -135,6 +135,16 @@ class Cluster:
             self._call("ctrlstack_adapt", minimum=minimum, maximum=maximum)
         )
 
+    def dask_env(self) -> dict[str, str]:
+        """Environment variables that make a plain ``distributed.Client()`` in a child process
+        connect to this cluster: the scheduler address and the TLS settings (paths only)."""
+        from ctrlstack.deploy.security import Credentials
+
+        env = Credentials.load(self._registry.tls_dir(self.name)).env()
+        env["DASK_SCHEDULER_ADDRESS"] = self.address
+        env["CTRLSTACK_CLUSTER"] = self.name
+        return env
+
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         self.client().wait_for_workers(n, timeout=timeout)
 

@@ -440,15 +440,10 @@ def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: An
     import signal
 
     from ctrlstack import _proc, api
-    from ctrlstack.deploy.security import Credentials
 
     name = f"run-{os.getpid()}"
     with api.cluster(profile, name=name, **_overrides(**overrides)):
-        handle = api.get(name)
-        env = dict(os.environ)
-        env.update(Credentials.load(handle._registry.tls_dir(name)).env())
-        env["DASK_SCHEDULER_ADDRESS"] = handle.address
-        env["CTRLSTACK_CLUSTER"] = name
+        env = {**os.environ, **api.get(name).dask_env()}
         # stdin=None: the script reads our stdin (`ctrlstack run job.py < data` works).
         child = _proc.spawn(
             [sys.executable, script, *args], env=env, stdin=None, stdout=None, stderr=None,

@@ -94,7 +94,9 @@ def test_sigterm_in_the_block_stops_the_cluster(
 def test_control_calls_are_bounded_even_if_the_call_hangs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def stuck(address: str, op: str, timeout: float, kwargs: dict[str, Any]) -> None:
+    async def stuck(
+        address: str, op: str, timeout: float, security: Any, kwargs: dict[str, Any]
+    ) -> None:
         time.sleep(2)  # noqa: ASYNC251 - blocks its loop: asyncio.wait_for cannot cancel this
 
     monkeypatch.setattr(control, "_acall", stuck)

@@ -196,14 +196,14 @@ def test_list_reports_a_dead_cluster_once(state_dir: Path) -> None:
             profile="local",
             backend="local",
             state="running",
-            pid=None,
             created=time.time() - 3600,
         )
     )
     first = invoke("list")
     assert first.exit_code == 0
-    (row,) = first.stdout.splitlines()[1:]
+    row, why = first.stdout.splitlines()[1:]
     assert row.split()[:3] == ["crashed", "local", "dead"]
+    assert why.strip() == "the launch never completed"
     assert invoke("list").stdout.strip() == "no clusters"
 
 
@@ -279,7 +279,8 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             events.append("stopped")
 
     monkeypatch.setattr(api, "cluster", cluster)
-    monkeypatch.setattr(api, "get", lambda name: SimpleNamespace(address="tcp://127.0.0.1:1"))
+    env = {"DASK_SCHEDULER_ADDRESS": "tls://127.0.0.1:1", "CTRLSTACK_CLUSTER": "fake"}
+    monkeypatch.setattr(api, "get", lambda name: SimpleNamespace(dask_env=lambda: env))
     return events
 
 

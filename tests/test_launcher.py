@@ -25,17 +25,20 @@ from ctrlstack import _proc
 from ctrlstack.config import get_profile
 from ctrlstack.deploy import launcher
 from ctrlstack.deploy.launcher import LaunchError, start_supervisor
-from ctrlstack.deploy.registry import ClusterRecord, Registry, wait_gone
-from ctrlstack.topology.plan import PlanError
+from ctrlstack.deploy import lifecycle
+from ctrlstack.deploy.procs import wait_gone
+from ctrlstack.deploy.registry import ClusterRecord, Registry
+from ctrlstack.errors import UserError
 
 FAKE = textwrap.dedent(
     """
     import argparse, json, os, sys, time
+    from ctrlstack.deploy.procs import ProcessId
     from ctrlstack.deploy.registry import ClusterRecord, Registry
-    import psutil
+    from ctrlstack.deploy.status import ClusterStatus
 
     p = argparse.ArgumentParser()
-    for opt in ("--name", "--profile", "--spec", "--state-dir", "--ready-fd", "--owner-pid"):
+    for opt in ("--name", "--profile", "--spec", "--state-dir", "--ready-fd", "--owner"):
         p.add_argument(opt)
     args = p.parse_args()
     mode = os.environ["FAKE_SUPERVISOR"]
@@ -44,22 +47,24 @@ FAKE = textwrap.dedent(
         print("fake supervisor crashed", file=sys.stderr)
         sys.exit(3)
     if mode in ("fail", "planfail"):
-        msg = {"ok": False, "error": "boom", "type": "RuntimeError", "plan_error": mode == "planfail"}
+        kind = "user" if mode == "planfail" else "failure"
+        msg = {"ok": False, "error": "boom", "type": "RuntimeError", "kind": kind}
         os.write(fd, (json.dumps(msg) + "\\n").encode())
         sys.exit(1)
     if os.fork() > 0:
         os._exit(0)
     reg = Registry(args.state_dir)
-    me = psutil.Process()
+    me = ProcessId.current()
     with open(os.environ["FAKE_PIDFILE"], "w") as fh:
         fh.write(str(me.pid))
     record = reg.read(args.name) or ClusterRecord(name=args.name, profile="p", backend="local")
-    record.pid, record.pid_started, record.pgid = me.pid, me.create_time(), os.getpgid(0)
+    record.supervisor, record.pgid = me, os.getpgid(0)
     record.state = "running" if mode == "ok" else "starting"
-    record.address = "tcp://127.0.0.1:9"
+    record.address = "tls://127.0.0.1:9"
     reg.write(record)
     if mode == "ok":
-        os.write(fd, (json.dumps({"ok": True, "pid": me.pid}) + "\\n").encode())
+        status = ClusterStatus(name=args.name, pid=me.pid).to_dict()
+        os.write(fd, (json.dumps({"ok": True, "status": status}) + "\\n").encode())
     time.sleep(60)
     """
 )
@@ -74,7 +79,7 @@ def fake(
     script.write_text(FAKE)
     pidfile = tmp_path / "pid"
     monkeypatch.setenv("FAKE_PIDFILE", str(pidfile))
-    monkeypatch.setattr(launcher, "check_spec", lambda spec: None)
+    monkeypatch.setattr(launcher, "check_spec", lambda spec, name="": None)
     real_spawn = _proc.spawn
 
     def spawn(argv: Sequence[str], **kwargs: Any) -> Any:
@@ -109,7 +114,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def start(info: dict[str, Any], name: str = "demo", timeout: float = 20) -> dict[str, Any]:
+def start(info: dict[str, Any], name: str = "demo", timeout: float = 20) -> Any:
     return start_supervisor(name, get_profile("local"), registry=info["registry"], timeout=timeout)
 
 
@@ -125,7 +130,7 @@ def test_the_launcher_never_writes_over_the_supervisors_record(
         record = real_read(self, name)
         fake_pid(fake)
         deadline = time.monotonic() + 10
-        while (now := real_read(self, name)) is not None and now.pid is None:
+        while (now := real_read(self, name)) is not None and now.supervisor is None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         return record
@@ -135,9 +140,10 @@ def test_the_launcher_never_writes_over_the_supervisors_record(
     monkeypatch.setattr(Registry, "read", real_read)
     record = registry.read("demo")
     assert record is not None
-    assert record.pid == report["pid"]
+    assert record.supervisor is not None
+    assert record.supervisor.pid == report.pid
     assert record.state == "running"
-    assert record.is_alive()
+    assert lifecycle.judge(registry, record).state == "running"
 
 
 def test_a_failure_before_the_spawn_releases_the_name(
@@ -183,8 +189,8 @@ def test_a_reported_start_failure_is_raised_and_nothing_is_left(
     with pytest.raises(LaunchError, match="RuntimeError: boom"):
         start(fake)
     assert fake["registry"].read("demo") is None
-    monkeypatch.setenv("FAKE_SUPERVISOR", "planfail")
-    with pytest.raises(PlanError, match="boom"):
+    monkeypatch.setenv("FAKE_SUPERVISOR", "planfail")  # a user error found by the supervisor
+    with pytest.raises(UserError, match="boom"):
         start(fake)
     assert fake["registry"].read("demo") is None
 
@@ -199,7 +205,7 @@ def test_a_live_name_is_refused_before_a_spawn(
     fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry: Registry = fake["registry"]
-    registry.reserve(ClusterRecord(name="demo", profile="p", backend="local"))
+    registry.reserve(ClusterRecord(name="demo", profile="p", backend="local"), lambda e: "held")
     spawned: list[object] = []
     monkeypatch.setattr(launcher._proc, "spawn", lambda *a, **k: spawned.append(a))
     with pytest.raises(ValueError, match="already exists"):
@@ -236,14 +242,14 @@ def test_a_failed_start_does_not_remove_a_successors_record(
     successor = ClusterRecord(name="demo", profile="successor", backend="local")
     real_await = launcher._await_ready
 
-    def await_ready(read_fd: int, proc: Any, timeout: float) -> dict[str, Any]:
+    def await_ready(read_fd: int, proc: Any, timeout: float) -> Any:
         fake_pid(fake)
         deadline = time.monotonic() + 10
-        while (now := registry.read("demo")) is None or now.pid is None:  # fake registered
+        while (now := registry.read("demo")) is None or now.supervisor is None:  # fake registered
             assert time.monotonic() < deadline
             time.sleep(0.02)
         registry.remove("demo")
-        registry.reserve(successor)
+        registry.reserve(successor, lambda e: "held")
         return real_await(read_fd, proc, 0.2)
 
     monkeypatch.setattr(launcher, "_await_ready", await_ready)

@@ -65,15 +65,17 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
     out = cli("launch", "local", "--name", "demo", "--workers", "1", "--threads", "1", "--json")
     status = json.loads(out.stdout)
     assert status["name"] == "demo"
-    assert status["address"].startswith("tcp://127.0.0.1:")  # loopback only for local clusters
+    # TLS only, and loopback only for local clusters
+    assert status["address"].startswith("tls://127.0.0.1:")
 
     # Seen from this process: listed, connectable, computing.
     (info,) = [c for c in ctrlstack.clusters() if c.name == "demo"]
     assert info.state == "running"
     record = Registry(state_dir).read("demo")
     assert record is not None
-    assert record.pid is not None
-    assert psutil.pid_exists(record.pid)
+    assert record.supervisor is not None
+    assert record.supervisor.process() is not None
+    sup_pid = record.supervisor.pid
     assert (state_dir / "clusters" / "demo.json").stat().st_mode & 0o777 == 0o600
 
     client = ctrlstack.connect("demo")
@@ -84,17 +86,19 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
         if NCPU >= 2:
             handle.scale(2)
             client.wait_for_workers(2, timeout=60)
-            slots = handle.status()["slots"]
-            assert sorted(slots.values()) == ["0", "1"]  # one CPU each, disjoint
+            workers = handle.status().workers
+            assert sorted(w.cpus or "" for w in workers) == ["0", "1"]  # one CPU each, disjoint
+            assert {w.state for w in workers} == {"running"}
 
         # Too many workers: refused with a plan error, and nothing changes.
-        before = handle.status()["requested"]
+        before = handle.status().requested
         with pytest.raises(PlanError, match="fit"):
             handle.scale(NCPU + 1)
-        assert handle.status()["requested"] == before
+        assert handle.status().requested == before
 
         data = handle.adapt(minimum=1, maximum=NCPU)
-        assert data["adapt"] == {"minimum": 1, "maximum": NCPU}
+        assert data.adapt is not None
+        assert (data.adapt.minimum, data.adapt.maximum) == (1, NCPU)
         with pytest.raises(ValueError, match="minimum"):
             handle.adapt(minimum=3, maximum=1)
     finally:
@@ -102,7 +106,7 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
 
     # Stop from yet another process; supervisor and every worker process must be gone.
     cli("stop", "demo")
-    assert wait_until(lambda: not psutil.pid_exists(record.pid), 30)
+    assert wait_until(lambda: not psutil.pid_exists(sup_pid), 30)
     assert record.pgid is not None
     assert wait_until(lambda: not group_members(record.pgid), 30), group_members(record.pgid)
     assert "demo" not in [c.name for c in ctrlstack.clusters()]
@@ -113,13 +117,15 @@ def test_launch_connect_list_scale_stop_across_processes(state_dir: Path) -> Non
 def test_kill_9_supervisor_is_reported_dead_and_cleaned(state_dir: Path) -> None:
     handle = ctrlstack.launch("local", name="crash", workers=1, threads=1)
     record = handle.record
-    assert record.pid is not None
+    assert record.supervisor is not None
     assert record.pgid is not None
     handle.wait_for_workers(1)
     assert len(group_members(record.pgid)) >= 2  # supervisor + worker process
 
-    os.kill(record.pid, signal.SIGKILL)
-    assert wait_until(lambda: not psutil.pid_exists(record.pid), 10)
+    os.kill(record.supervisor.pid, signal.SIGKILL)
+    assert wait_until(
+        lambda: record.supervisor is not None and record.supervisor.process() is None, 10
+    )
 
     (info,) = [c for c in ctrlstack.clusters() if c.name == "crash"]
     assert info.state == "dead"

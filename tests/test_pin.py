@@ -196,6 +196,21 @@ def check_pinned_child(result: dict[str, Any], cpu: int) -> None:
         assert thread["affinity"] == str(cpu), thread
     main = {t["tid"]: t for t in place["threads"]}[result["main"]]
     assert main["last_cpu"] == cpu
+    # The slot's node (0 here) as memory policy: applied to the calling thread and read back.
+    # Unlike the CPU mask it cannot reach threads that already existed (Numba's pool, made
+    # before): the kernel only sets the caller's policy.  Pinned to the node's CPUs, those
+    # threads still allocate on it through the default local policy.
+    memory = result["applied"]["memory"]
+    assert (memory["status"], memory["applied"], memory["tid"]) == (
+        "applied",
+        "prefer:0",
+        result["main"],
+    )
+    assert main["mempolicy"] == "prefer:0"
+    assert place["memory"]["policy"] == "prefer:0"
+    older = [t for t in place["threads"] if t["tid"] in result["before"] and t is not main]
+    assert older
+    assert {t["mempolicy"] for t in older} == {"default"}
     assert result["numba_threads"] == 1
     assert place["numba"]["num_threads"] == 1
     assert place["numba"]["num_threads_config"] == 1
@@ -379,6 +394,8 @@ def test_pinned_nannies_in_a_spec_cluster() -> None:
         for result in applied.values():
             assert result["pinned_tids"]
             assert result["parent_death_signal"] is True
+            assert result["memory"]["requested"] == "prefer:0"  # this VM: node 0 only
+            assert result["memory"]["status"] == "applied"
         report = crowding(client, machine)
         assert report.ok, str(report)
         assert sum(len(leaf.workers) for leaf in report.leaves) == 2

@@ -21,14 +21,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ctrlstack.deploy import lifecycle, procs
 from ctrlstack.deploy import registry as registry_module
+from ctrlstack.deploy.launcher import _why_taken
+from ctrlstack.deploy.lifecycle import STARTING_GRACE
+from ctrlstack.deploy.procs import ProcessId, wait_gone
 from ctrlstack.deploy.registry import (
-    STARTING_GRACE,
+    BrokenRecord,
     ClusterRecord,
     NameTakenError,
     Registry,
     validate_name,
-    wait_gone,
 )
 
 
@@ -41,18 +44,27 @@ def exited_pid() -> int:
 
 def live_record(name: str) -> ClusterRecord:
     """A record whose "supervisor" is this test process."""
-    me = psutil.Process()
     return ClusterRecord(
         name=name, profile="local", backend="local", state="running",
-        pid=me.pid, pid_started=me.create_time(), pgid=os.getpgid(0), address="tcp://127.0.0.1:1",
+        supervisor=ProcessId.current(), pgid=os.getpgid(0), address="tls://127.0.0.1:1",
     )  # fmt: skip
 
 
 def dead_record(name: str) -> ClusterRecord:
     return ClusterRecord(
         name=name, profile="local", backend="local", state="running",
-        pid=exited_pid(), pid_started=time.time() - 5, address="tcp://127.0.0.1:1",
+        supervisor=ProcessId(exited_pid(), time.time() - 5, procs.hostname(), procs.boot_id()),
+        address="tls://127.0.0.1:1",
     )  # fmt: skip
+
+
+def reserve(reg: Registry, record: ClusterRecord) -> object:
+    """Reserve as the launcher does: a dead holder's name may be taken over."""
+    return reg.reserve(record, lambda existing: _why_taken(reg, existing))
+
+
+def states(reg: Registry) -> dict[str, str]:
+    return {s.name: s.state for s in lifecycle.sweep(reg)}
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -75,7 +87,10 @@ def reg(state_dir: Path) -> Iterator[Registry]:
     # or still "starting".  Drop them before state_dir's leftover check, which would otherwise
     # try to stop them (and with them this test process).
     for path in registry.dir.glob("*.json"):
-        path.unlink()
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
 
 
 @pytest.fixture
@@ -104,10 +119,16 @@ def test_invalid_names_are_refused_with_the_rule(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------ reservation
+def test_a_trailing_newline_is_not_a_name() -> None:
+    # re.match with "$" accepts "nl\n" ("$" matches before a final newline).
+    with pytest.raises(ValueError, match="letters, digits"):
+        validate_name("nl\n")
+
+
 def test_reserve_twice_is_refused_while_the_holder_lives(reg: Registry) -> None:
-    reg.reserve(live_record("demo"))
+    reserve(reg, live_record("demo"))
     with pytest.raises(NameTakenError, match=r"'demo' already exists.*ctrlstack stop demo"):
-        reg.reserve(ClusterRecord(name="demo", profile="other", backend="local"))
+        reserve(reg, ClusterRecord(name="demo", profile="other", backend="local"))
     assert isinstance(NameTakenError("x"), ValueError)
     record = reg.read("demo")
     assert record is not None
@@ -115,16 +136,18 @@ def test_reserve_twice_is_refused_while_the_holder_lives(reg: Registry) -> None:
 
 
 def test_a_starting_reservation_holds_the_name(reg: Registry) -> None:
-    # A launch in progress: no supervisor pid yet, but inside the grace period.
-    reg.reserve(ClusterRecord(name="demo", profile="local", backend="local"))
+    # A launch in progress: no supervisor yet, but inside the grace period.
+    reserve(reg, ClusterRecord(name="demo", profile="local", backend="local"))
     with pytest.raises(NameTakenError):
-        reg.reserve(ClusterRecord(name="demo", profile="local", backend="local"))
+        reserve(reg, ClusterRecord(name="demo", profile="local", backend="local"))
 
 
 def test_a_dead_holders_name_can_be_reused(reg: Registry) -> None:
     reg.write(dead_record("demo"))
     fresh = ClusterRecord(name="demo", profile="new", backend="local")
-    reg.reserve(fresh)
+    replaced = reserve(reg, fresh)
+    assert isinstance(replaced, ClusterRecord)
+    assert replaced.profile == "local"
     record = reg.read("demo")
     assert record is not None
     assert record.profile == "new"
@@ -134,37 +157,44 @@ def test_a_dead_holders_name_can_be_reused(reg: Registry) -> None:
 def test_a_stale_starting_reservation_can_be_reused(reg: Registry) -> None:
     reg.write(ClusterRecord(name="demo", profile="old", backend="local",
                             created=time.time() - STARTING_GRACE - 1))  # fmt: skip
-    reg.reserve(ClusterRecord(name="demo", profile="new", backend="local"))
+    reserve(reg, ClusterRecord(name="demo", profile="new", backend="local"))
     record = reg.read("demo")
     assert record is not None
     assert record.profile == "new"
+
+
+def test_a_broken_record_holds_the_name_until_forgotten(reg: Registry) -> None:
+    (reg.dir / "demo.json").write_text("{trunc")
+    with pytest.raises(NameTakenError, match="damaged record.*ctrlstack forget demo"):
+        reserve(reg, ClusterRecord(name="demo", profile="new", backend="local"))
+    assert (reg.dir / "demo.json").read_text() == "{trunc"
+    lifecycle.forget(reg, "demo")
+    reserve(reg, ClusterRecord(name="demo", profile="new", backend="local"))
+    assert reg.read("demo") is not None
 
 
 def test_reservation_is_never_visible_half_written(
     reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a concurrent `ctrlstack list` (or a second launch) would read while the record is
-    # being written.  An empty file there reads as a corrupt, hence dead, record: the other
-    # process would delete the reservation or take the name.
-    seen: list[ClusterRecord | None] = []
+    # being written.  An empty file there would read as a broken record.
+    seen: list[object] = []
     real_dump = json.dump
 
     def spying_dump(obj: object, fh: object, **kwargs: object) -> None:
-        seen.append(reg.read("demo"))
+        seen.append(reg.load("demo"))
         real_dump(obj, fh, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(json, "dump", spying_dump)
-    reg.reserve(ClusterRecord(name="demo", profile="local", backend="local"))
+    reserve(reg, ClusterRecord(name="demo", profile="local", backend="local"))
     assert seen
-    assert all(s is None for s in seen), [s.state for s in seen if s]
+    assert all(s is None for s in seen), seen
     record = reg.read("demo")
     assert record is not None
     assert record.state == "starting"
 
 
-def test_two_takeovers_of_a_dead_name_cannot_both_win(
-    reg: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_takeovers_of_a_dead_name_cannot_both_win(reg: Registry) -> None:
     first, second = reg, Registry(reg.root)
     first.write(dead_record("demo"))
     results: dict[str, str] = {}
@@ -172,14 +202,14 @@ def test_two_takeovers_of_a_dead_name_cannot_both_win(
 
     def attempt(reg: Registry, key: str) -> None:
         try:
-            reg.reserve(ClusterRecord(name="demo", profile=key, backend="local"))
+            reg.reserve(
+                ClusterRecord(name="demo", profile=key, backend="local"), judge_and_race
+            )
             results[key] = "won"
         except NameTakenError:
             results[key] = "refused"
 
-    original = ClusterRecord.is_alive
-
-    def is_alive(self: ClusterRecord) -> bool:
+    def judge_and_race(existing: ClusterRecord | BrokenRecord) -> str | None:
         # While the first launch is judging the dead record, a second launch runs to the end
         # (or, with the registry lock, waits for the first one).
         if not threads:
@@ -187,9 +217,8 @@ def test_two_takeovers_of_a_dead_name_cannot_both_win(
             threads.append(thread)
             thread.start()
             thread.join(0.5)
-        return original(self)
+        return _why_taken(reg, existing)
 
-    monkeypatch.setattr(ClusterRecord, "is_alive", is_alive)
     attempt(first, "first")
     threads[0].join(20)
     assert sorted(results.values()) == ["refused", "won"], results
@@ -200,10 +229,15 @@ def test_two_takeovers_of_a_dead_name_cannot_both_win(
 
 # ------------------------------------------------------------------------------ files
 def test_files_are_private(reg: Registry, state_dir: Path) -> None:
-    reg.reserve(live_record("demo"))
+    reserve(reg, live_record("demo"))
     reg.write(live_record("demo"))
+    reg.make_cluster_dir("demo")
+    reg.write_pid_file("demo", {"supervisor": None})
     assert (state_dir / "clusters").stat().st_mode & 0o777 == 0o700
     assert (state_dir / "clusters" / "demo.json").stat().st_mode & 0o777 == 0o600
+    assert reg.cluster_dir("demo").stat().st_mode & 0o777 == 0o700
+    assert reg.pid_file("demo").stat().st_mode & 0o777 == 0o600
+    assert reg.logs.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_new_state_dir_is_created_private(tmp_path: Path) -> None:
@@ -221,15 +255,15 @@ def test_an_open_clusters_dir_is_tightened(tmp_path: Path) -> None:
 
 
 def test_writes_leave_no_temp_files(reg: Registry) -> None:
-    reg.reserve(live_record("demo"))
+    reserve(reg, live_record("demo"))
     for workers in range(5):
         record = live_record("demo")
-        record.workers = workers
+        record.requested = workers
         reg.write(record)
     assert sorted(p.name for p in reg.dir.iterdir() if p.name != ".lock") == ["demo.json"]
     stored = reg.read("demo")
     assert stored is not None
-    assert stored.workers == 4
+    assert stored.requested == 4
 
 
 def test_a_failed_write_leaves_no_temp_file_and_keeps_the_old_record(reg: Registry) -> None:
@@ -239,9 +273,9 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_old_record(reg: Regist
     with pytest.raises(TypeError):
         reg.write(bad)
     with pytest.raises(TypeError):
-        reg.reserve(ClusterRecord(name="other", profile="p", backend="b", spec={"x": object()}))
+        reserve(reg, ClusterRecord(name="other", profile="p", backend="b", spec={"x": object()}))
     assert sorted(p.name for p in reg.dir.iterdir() if p.name != ".lock") == ["demo.json"]
-    assert reg.read("demo") == live_record("demo").__class__.from_dict(
+    assert reg.read("demo") == ClusterRecord.from_dict(
         json.loads((reg.dir / "demo.json").read_text())
     )
 
@@ -256,48 +290,105 @@ def test_record_round_trip_ignores_unknown_fields(reg: Registry) -> None:
 
 # ------------------------------------------------------------------------------ liveness
 def test_live_and_dead_supervisors(reg: Registry) -> None:
-    assert live_record("a").is_alive()
-    assert live_record("a").supervisor() is not None
-    assert not dead_record("b").is_alive()
-    assert ClusterRecord(name="c", profile="p", backend="b").is_alive()  # starting, in grace
+    assert lifecycle.judge(reg, live_record("a")).state == "running"
+    assert lifecycle.judge(reg, dead_record("b")).state == "dead"
+    starting = ClusterRecord(name="c", profile="p", backend="b")  # no supervisor yet, in grace
+    assert lifecycle.judge(reg, starting).state == "starting"
 
 
-def test_a_reused_pid_does_not_look_alive() -> None:
+def test_a_reused_pid_does_not_look_alive(reg: Registry) -> None:
     record = live_record("demo")
-    assert record.pid_started is not None
-    record.pid_started -= 100  # same pid, but a process started at another time
-    assert record.supervisor() is None
-    assert not record.is_alive()
+    assert record.supervisor is not None
+    me = record.supervisor
+    # same pid, but a process started at another time
+    record.supervisor = ProcessId(me.pid, me.started - 100, me.host, me.boot)
+    assert record.supervisor.process() is None
+    assert lifecycle.judge(reg, record).state == "dead"
 
 
-def test_a_zombie_supervisor_is_dead() -> None:
+def test_a_zombie_supervisor_is_dead(reg: Registry) -> None:
     proc = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
     while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    record = ClusterRecord(name="z", profile="p", backend="b", state="running", pid=proc.pid)
-    assert not record.is_alive()
+    ident = ProcessId.of(proc.pid)
+    assert ident is not None
+    record = ClusterRecord(name="z", profile="p", backend="b", state="running", supervisor=ident)
+    assert lifecycle.judge(reg, record).state == "dead"
     proc.wait()
 
 
-# ------------------------------------------------------------------------------ corrupt records
+def test_an_incomplete_identity_is_never_trusted(reg: Registry) -> None:
+    # A pid without a start time (hand-edited or from an old version) proves nothing.
+    data = live_record("demo").to_dict()
+    data["supervisor"] = {"pid": os.getpid(), "host": procs.hostname(), "boot": procs.boot_id()}
+    (reg.dir / "demo.json").write_text(json.dumps(data))
+    record = reg.read("demo")
+    assert record is not None
+    assert record.supervisor is None
+    assert lifecycle.judge(reg, record).state == "dead"
+
+
+def test_a_record_from_before_a_reboot_is_dead(reg: Registry) -> None:
+    record = live_record("demo")
+    record.boot = "another-boot"
+    status = lifecycle.judge(reg, record)
+    assert status.state == "dead"
+    assert "rebooted" in (status.message or "")
+
+
+# ------------------------------------------------------------------------------ broken records
 @pytest.mark.parametrize(
     "content",
     [b"", b"{not json", b"\xff\xfe", b"[]", b'"text"', b'{"name": "demo"}',
-     b'{"name": "demo", "profile": "p", "backend": "b", "pid": "12"}'],
+     b'{"name": "demo", "profile": "p", "backend": "b", "pgid": "12"}'],
 )  # fmt: skip
-def test_corrupt_record_is_reported_dead_and_swept(reg: Registry, content: bytes) -> None:
+def test_a_corrupt_record_is_reported_broken_and_kept(reg: Registry, content: bytes) -> None:
     (reg.dir / "demo.json").write_bytes(content)
-    record = reg.read("demo")
-    assert record is not None
-    assert record.state == "dead"
-    assert record.name == "demo"
-    (swept,) = reg.sweep()
-    assert swept.name == "demo"
-    assert swept.state == "dead"
-    assert not (reg.dir / "demo.json").exists()
-    assert reg.sweep() == []
+    entry = reg.load("demo")
+    assert isinstance(entry, BrokenRecord)
+    assert entry.path == reg.dir / "demo.json"
+    (status,) = lifecycle.sweep(reg)
+    assert (status.name, status.state, status.path) == ("demo", "broken", str(entry.path))
+    assert "ctrlstack forget demo" in (status.message or "")
+    assert (reg.dir / "demo.json").read_bytes() == content  # never deleted behind our back
+    assert states(reg) == {"demo": "broken"}
+
+
+def test_non_regular_record_files_do_not_hang_or_crash(reg: Registry) -> None:
+    (reg.dir / "adir.json").mkdir()
+    os.mkfifo(reg.dir / "fifo.json")
+    (reg.dir / "link.json").symlink_to("/etc/hostname")
+    start = time.monotonic()
+    found = {s.name: s for s in lifecycle.sweep(reg)}
+    assert time.monotonic() - start < 5
+    assert {n: s.state for n, s in found.items()} == {
+        "adir": "broken", "fifo": "broken", "link": "broken",
+    }  # fmt: skip
+    assert "directory" in (found["adir"].message or "")
+    assert "not a regular file" in (found["fifo"].message or "")
+    assert "symbolic link" in (found["link"].message or "")
+    for name in ("adir", "fifo", "link"):
+        lifecycle.forget(reg, name)
+    assert lifecycle.sweep(reg) == []
+
+
+def test_a_broken_record_of_a_live_supervisor_is_found_through_its_pid_file(
+    reg: Registry,
+) -> None:
+    (reg.dir / "demo.json").write_text('{"name": "de')
+    reg.make_cluster_dir("demo")
+    reg.write_pid_file(
+        "demo", {"supervisor": ProcessId.current().to_dict(), "pgid": os.getpgid(0)}
+    )
+    (status,) = lifecycle.sweep(reg)
+    assert status.state == "broken"
+    assert status.pid == os.getpid()
+    assert "still runs" in (status.message or "")
+    with pytest.raises(ValueError, match="still runs"):
+        lifecycle.forget(reg, "demo")
+    assert (reg.dir / "demo.json").exists()
 
 
 def test_stray_files_do_not_break_listing(reg: Registry) -> None:
@@ -305,7 +396,7 @@ def test_stray_files_do_not_break_listing(reg: Registry) -> None:
     (reg.dir / "notes.txt").write_text("hello")
     reg.write(live_record("demo"))
     assert [r.name for r in reg] == ["demo"]
-    assert [r.name for r in reg.sweep()] == ["demo"]
+    assert states(reg) == {"demo": "running"}
     assert (reg.dir / "not a name.json").exists()  # not ours to delete
 
 
@@ -314,35 +405,30 @@ def test_the_file_name_is_the_records_name(reg: Registry) -> None:
     data = dead_record("original").to_dict()
     (reg.dir / "copy.json").write_text(json.dumps(data))
     reg.write(live_record("original"))
-    (swept_copy, original) = sorted(reg.sweep(), key=lambda r: r.name)
-    assert (swept_copy.name, swept_copy.state) == ("copy", "dead")
-    assert (original.name, original.state) == ("original", "running")
+    assert states(reg) == {"copy": "dead", "original": "running"}
     assert (reg.dir / "original.json").exists()
+    assert not (reg.dir / "copy.json").exists()
 
 
 def test_sweep_keeps_live_records_and_reports_dead_ones_once(reg: Registry) -> None:
     reg.write(live_record("alive"))
     reg.write(dead_record("gone"))
-    first = {r.name: r.state for r in reg.sweep()}
-    assert first == {"alive": "running", "gone": "dead"}
-    assert {r.name: r.state for r in reg.sweep()} == {"alive": "running"}
+    assert states(reg) == {"alive": "running", "gone": "dead"}
+    assert states(reg) == {"alive": "running"}
 
 
 # ------------------------------------------------------------------------------ leftovers
-def test_leftovers_and_reap_kill_a_dead_supervisors_group(
+def test_stop_group_kills_a_dead_supervisors_group(
     sleep_group: subprocess.Popen[bytes],
 ) -> None:
-    record = dead_record("crash")
-    record.created = time.time() - 5
-    record.pgid = sleep_group.pid
-    members = {p.pid for p in record.leftovers()}
+    since = time.time() - 5
+    members = {p.pid for p in procs.group_members(sleep_group.pid, since=since)}
     assert len(members) == 3
     assert sleep_group.pid in members
     start = time.monotonic()
-    assert record.reap(timeout=5) == 3
+    assert procs.stop_group(sleep_group.pid, since=since, timeout=5) == 3
     assert time.monotonic() - start < 4  # they obey SIGTERM: no SIGKILL round needed
     assert group_alive(sleep_group.pid) == []
-    assert record.leftovers() == []
 
 
 STUBBORN = (
@@ -351,7 +437,7 @@ STUBBORN = (
 )
 
 
-def test_reap_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+def test_stop_group_kills_what_ignores_sigterm() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", STUBBORN],
         start_new_session=True, stdout=subprocess.PIPE,
@@ -359,10 +445,8 @@ def test_reap_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
-        record = ClusterRecord(name="x", profile="p", backend="b", pgid=proc.pid,
-                               created=time.time() - 5)  # fmt: skip
         start = time.monotonic()
-        assert record.reap(timeout=0.5) == 1
+        assert procs.stop_group(proc.pid, since=time.time() - 5, timeout=0.5) == 1
         assert time.monotonic() - start < 3
         assert group_alive(proc.pid) == []
         assert proc.poll() is not None
@@ -372,37 +456,27 @@ def test_reap_kills_what_ignores_sigterm(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_leftovers_ignore_a_group_older_than_the_record(
+def test_group_members_ignore_a_group_older_than_the_record(
     sleep_group: subprocess.Popen[bytes],
 ) -> None:
     # A reused group id belongs to processes started before our cluster existed.
-    record = ClusterRecord(name="x", profile="p", backend="b", pgid=sleep_group.pid,
-                           created=time.time() + 10)  # fmt: skip
-    assert record.leftovers() == []
-    assert record.reap() == 0
+    assert procs.group_members(sleep_group.pid, since=time.time() + 10) == []
+    assert procs.stop_group(sleep_group.pid, since=time.time() + 10) == 0
     assert len(group_alive(sleep_group.pid)) == 3
-    assert ClusterRecord(name="x", profile="p", backend="b").leftovers() == []  # no pgid
 
 
-def test_leftovers_never_include_the_callers_own_group() -> None:
-    record = ClusterRecord(name="x", profile="p", backend="b", pgid=os.getpgrp(),
-                           created=time.time() - 3600 * 24 * 365)  # fmt: skip
-    assert record.leftovers() == []
+def test_group_members_never_include_the_callers_own_group() -> None:
+    assert procs.group_members(os.getpgrp(), since=0) == []
 
 
-def test_leftovers_skip_processes_whose_start_time_is_unreadable(
+def test_group_members_skip_processes_whose_start_time_is_unreadable(
     sleep_group: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = ClusterRecord(name="x", profile="p", backend="b", pgid=sleep_group.pid,
-                           created=time.time() - 5)  # fmt: skip
-
     def denied(self: psutil.Process) -> float:
         raise psutil.AccessDenied(self.pid)
 
     monkeypatch.setattr(psutil.Process, "create_time", denied)
-    monkeypatch.setattr(psutil.Process, "as_dict", lambda self, attrs=None, **kw: {
-        "pid": self.pid, "create_time": None})  # fmt: skip
-    assert record.leftovers() == []
+    assert procs.group_members(sleep_group.pid, since=time.time() - 5) == []
 
 
 HOLDER = (
@@ -411,13 +485,10 @@ HOLDER = (
 )
 
 
-def test_reap_does_not_wait_for_zombies_it_cannot_reap(tmp_path: Path) -> None:
+def test_stop_group_does_not_wait_for_zombies_it_cannot_reap() -> None:
     # A dead member of the group whose parent (outside the group) does not reap it stays a
-    # zombie; it runs nothing, so reaping must not spend its timeouts waiting for it.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    # zombie; it runs nothing, so stopping must not spend its timeouts waiting for it.
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None
         child = int(holder.stdout.readline())
@@ -426,10 +497,8 @@ def test_reap_does_not_wait_for_zombies_it_cannot_reap(tmp_path: Path) -> None:
         while psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        record = ClusterRecord(name="x", profile="p", backend="b", pgid=child,
-                               created=time.time() - 5)  # fmt: skip
         start = time.monotonic()
-        record.reap(timeout=3)
+        procs.stop_group(child, since=time.time() - 5, timeout=3)
         assert time.monotonic() - start < 2
         assert wait_gone([psutil.Process(child)], 0) == []
     finally:
@@ -437,28 +506,37 @@ def test_reap_does_not_wait_for_zombies_it_cannot_reap(tmp_path: Path) -> None:
         holder.wait(10)
 
 
-def test_sweep_reaps_the_leftovers_of_a_dead_record(
+def test_sweep_stops_the_leftovers_of_a_dead_record(
     reg: Registry, sleep_group: subprocess.Popen[bytes]
 ) -> None:
     record = dead_record("crash")
     record.created = time.time() - 5
     record.pgid = sleep_group.pid
     reg.write(record)
-    (swept,) = reg.sweep()
-    assert swept.state == "dead"
+    assert states(reg) == {"crash": "dead"}
     assert group_alive(sleep_group.pid) == []
     assert reg.read("crash") is None
+
+
+def test_a_dead_record_without_a_proven_supervisor_signals_nothing(
+    reg: Registry, sleep_group: subprocess.Popen[bytes]
+) -> None:
+    record = ClusterRecord(name="old", profile="p", backend="local", state="running",
+                           pgid=sleep_group.pid, created=time.time() - STARTING_GRACE - 5)  # fmt: skip
+    reg.write(record)
+    assert states(reg) == {"old": "dead"}
+    assert len(group_alive(sleep_group.pid)) == 3
 
 
 def test_the_lock_wait_is_bounded(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_module, "LOCK_TIMEOUT", 0.2)
     other = Registry(reg.root)
     start = time.monotonic()
-    with reg._lock(), pytest.raises(registry_module.RegistryLockError, match="locked"):  # noqa: SIM117
-        with other._lock(timeout=0.2):
+    with reg.lock(), pytest.raises(registry_module.RegistryLockError, match="locked"):  # noqa: SIM117
+        with other.lock(timeout=0.2):
             pass
     assert time.monotonic() - start < 2
-    with other._lock():  # released again
+    with other.lock():  # released again
         pass
 
 
@@ -469,6 +547,26 @@ def test_a_file_system_without_locking_still_works(
         raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre without -o flock
 
     monkeypatch.setattr(registry_module.fcntl, "flock", flock)
-    reg.reserve(ClusterRecord(name="demo", profile="local", backend="local"))
-    assert [r.name for r in reg.sweep()] == ["demo"]
+    reserve(reg, ClusterRecord(name="demo", profile="local", backend="local"))
+    assert states(reg) == {"demo": "starting"}
     assert "file locking is not available" in caplog.text
+
+
+# ------------------------------------------------------------------------------ logs
+def test_logs_are_pruned_per_name_and_in_total(reg: Registry) -> None:
+    now = time.time()
+    made = []
+    for i in range(8):
+        for name in ("a", "b-c"):
+            path = reg.logs / f"{name}-2026010{i}T000000-{100 + i}.log"
+            path.write_text("x")
+            os.utime(path, (now - 100 + i, now - 100 + i))
+            made.append(path)
+    protected = reg.logs / "a-20260100T000000-100.log"  # the oldest, but of a live cluster
+    deleted = reg.prune_logs(keep_per_name=3, keep_total=5, protect={str(protected)})
+    left = sorted(p.name for p in reg.logs.iterdir())
+    assert deleted == 16 - len(left)
+    assert protected.name in left
+    assert len(left) == 5
+    assert sum(n.startswith("a-") for n in left) == 3  # 2 newest + the protected one
+    assert sum(n.startswith("b-c-") for n in left) == 2

@@ -18,8 +18,16 @@ import pytest
 
 from ctrlstack.config import get_profile
 from ctrlstack.deploy import supervisor as supervisor_module
+from ctrlstack.deploy.procs import ProcessId
 from ctrlstack.deploy.registry import ClusterRecord, Registry
+from ctrlstack.deploy.security import Credentials
 from ctrlstack.deploy.supervisor import Supervisor
+
+
+def supervisor(state_dir: Path, owner: ProcessId | None) -> Supervisor:
+    registry = Registry(state_dir)
+    Credentials.create(registry.tls_dir("demo"))
+    return Supervisor("demo", get_profile("local"), registry, owner=owner)
 
 
 def test_supervisor_registers_its_pid_before_the_slow_start(
@@ -29,7 +37,8 @@ def test_supervisor_registers_its_pid_before_the_slow_start(
     # period alone; a launch-timeout longer than that would let `ctrlstack list` declare a
     # cluster dead (and kill its process group) while it is still starting.
     registry = Registry(state_dir)
-    registry.reserve(ClusterRecord(name="demo", profile="local", backend="local"))
+    registry.reserve(ClusterRecord(name="demo", profile="local", backend="local"), lambda e: "x")
+    Credentials.create(registry.tls_dir("demo"))
     seen: list[ClusterRecord | None] = []
 
     async def start(self: Supervisor) -> None:
@@ -40,7 +49,7 @@ def test_supervisor_registers_its_pid_before_the_slow_start(
     read_fd, write_fd = os.pipe()
     args = argparse.Namespace(
         name="demo", profile="local", spec=json.dumps(get_profile("local").to_dict()),
-        state_dir=str(state_dir), ready_fd=write_fd, owner_pid=None,
+        state_dir=str(state_dir), ready_fd=write_fd, owner=None,
     )  # fmt: skip
     try:
         assert asyncio.run(supervisor_module._main(args)) == 1
@@ -48,12 +57,13 @@ def test_supervisor_registers_its_pid_before_the_slow_start(
     finally:
         os.close(read_fd)
     assert report == {"ok": False, "error": "stop here", "type": "RuntimeError",
-                      "plan_error": False}  # fmt: skip
+                      "kind": "failure"}  # fmt: skip
     (record,) = seen
     assert record is not None
-    assert record.pid == os.getpid()
-    assert record.pid_started == psutil.Process().create_time()
+    assert record.supervisor == ProcessId.current()
+    assert record.supervisor.started == psutil.Process().create_time()
     assert record.pgid == os.getpgid(0)
+    assert registry.read_pid_file("demo") is None  # the failed start removed the private dir
     assert record.state == "starting"
     assert registry.read("demo") is None  # a failed start leaves nothing
 
@@ -67,7 +77,7 @@ class FakeScheduler:
 def test_a_zombie_owner_counts_as_gone(state_dir: Path) -> None:
     owner = subprocess.Popen(["sleep", "60"])
     try:
-        sup = Supervisor("demo", get_profile("local"), Registry(state_dir), owner_pid=owner.pid)
+        sup = supervisor(state_dir, ProcessId.of(owner.pid))
         sup.cluster = SimpleNamespace(scheduler=FakeScheduler())  # type: ignore[assignment]
         os.kill(owner.pid, signal.SIGKILL)  # killed outright, and its parent does not reap it
         deadline = time.monotonic() + 10
@@ -83,7 +93,7 @@ def test_a_zombie_owner_counts_as_gone(state_dir: Path) -> None:
 
 
 def test_a_live_owner_keeps_the_cluster_until_stop(state_dir: Path) -> None:
-    sup = Supervisor("demo", get_profile("local"), Registry(state_dir), owner_pid=os.getpid())
+    sup = supervisor(state_dir, ProcessId.current())
     sup.cluster = SimpleNamespace(scheduler=FakeScheduler())  # type: ignore[assignment]
 
     async def scenario() -> float:

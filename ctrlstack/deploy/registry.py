@@ -468,12 +468,18 @@ class Registry:
                 with contextlib.suppress(OSError):
                     entries.append((entry.stat().st_mtime, owner, Path(entry.path)))
         entries.sort(reverse=True)  # newest first
+        # Logs of live clusters are kept first and count against both limits.
         seen: dict[str, int] = {}
-        kept = 0
+        for _, owner, path in entries:
+            if str(path) in protect:
+                seen[owner] = seen.get(owner, 0) + 1
+        kept = sum(seen.values())
         deleted = 0
         for _, owner, path in entries:
-            seen[owner] = seen.get(owner, 0) + 1
-            if str(path) in protect or (seen[owner] <= keep_per_name and kept < keep_total):
+            if str(path) in protect:
+                continue
+            if seen.get(owner, 0) < keep_per_name and kept < keep_total:
+                seen[owner] = seen.get(owner, 0) + 1
                 kept += 1
                 continue
             with contextlib.suppress(OSError):

@@ -18,6 +18,10 @@ reasons measured on this project's machines (topology notes §3):
    created afterwards (Dask's executor threads, Numba's pool) inherit it from their creator.
 3. Pinning never widens: the slot is intersected with the current mask first, because asking for
    CPUs outside a Slurm/cgroup cpuset fails with ``EINVAL`` (dask/distributed#8857).
+4. The slot's NUMA node(s) travel as ``CTRLSTACK_MEMORY_NODES``; :func:`apply_from_env` gives the
+   calling thread (and the threads it creates later) the memory policy that
+   :func:`ctrlstack.topology.mempolicy.decide` picks, and records the kernel's answer instead of
+   failing when it refuses.
 
 :func:`placement` is the matching diagnostic, run inside workers with ``client.run``; it reads
 back what every thread is allowed to run on and where it last ran.
@@ -38,12 +42,16 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import mempolicy
 from .budget import BUDGET_ENV
 from .cpuset import CpuSet, format_cpulist, parse_cpulist
+from .mempolicy import MEMORY_NODES_ENV, MEMORY_POLICY_ENV
 from .plan import Plan, Slot
 
 __all__ = [
     "CPUS_ENV",
+    "MEMORY_NODES_ENV",
+    "MEMORY_POLICY_ENV",
     "TASK_THREADS_ENV",
     "THREADS_ENV",
     "apply_from_env",
@@ -97,16 +105,28 @@ def threadsafe_layer() -> str:
     return "threadsafe"
 
 
-def worker_env(slot: Slot | None, task_threads: int, *, pin: bool = True) -> dict[str, str]:
+def worker_env(
+    slot: Slot | None, task_threads: int, *, pin: bool = True, memory: str | None = None
+) -> dict[str, str]:
     """Environment for a worker process *before it starts* (``Nanny(env=...)``).
 
     ``task_threads`` is the worker's Dask ``nthreads``; each task thread gets a budget of
     ``max(1, slot.threads // task_threads)`` threads for Numba kernels and BLAS.  ``slot=None``
     (or ``pin=False``, for plans with ``pinned=False``) omits ``CTRLSTACK_CPUS`` so the worker is
     not pinned; without a slot the thread count is this process's allowed CPU count.
+
+    A pinned slot with NUMA information also gets ``CTRLSTACK_MEMORY_NODES`` (its nodes; one node
+    is ``slot.memory_node``).  Unpinned workers get none: their threads roam every node, so no
+    node is "theirs".  ``memory`` (``preferred``, ``bind`` or ``none``) is written as
+    ``CTRLSTACK_MEMORY_POLICY`` only when given, so that a profile's ``env`` can choose the mode;
+    the worker's default is ``preferred``.
     """
     if isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1:
         raise ValueError(f"task_threads must be an integer >= 1, got {task_threads!r}")
+    if memory is not None and memory not in mempolicy.MODES:
+        raise ValueError(
+            f"memory must be one of {', '.join(mempolicy.MODES)} or None, got {memory!r}"
+        )
     threads = slot.threads if slot is not None else len(os.sched_getaffinity(0))
     budget = max(1, threads // task_threads)
     env = {
@@ -119,12 +139,18 @@ def worker_env(slot: Slot | None, task_threads: int, *, pin: bool = True) -> dic
     env.update({name: str(budget) for name in _BLAS_ENVS})
     if slot is not None and pin:
         env[CPUS_ENV] = format_cpulist(slot.cpus)
+        if slot.numa_nodes:
+            env[MEMORY_NODES_ENV] = format_cpulist(slot.numa_nodes)
+    if memory is not None:
+        env[MEMORY_POLICY_ENV] = memory
     return env
 
 
-def worker_envs(plan: Plan, task_threads: int = 1) -> list[dict[str, str]]:
+def worker_envs(
+    plan: Plan, task_threads: int = 1, *, memory: str | None = None
+) -> list[dict[str, str]]:
     """:func:`worker_env` for every slot of ``plan`` (unpinned plans get no ``CTRLSTACK_CPUS``)."""
-    return [worker_env(slot, task_threads, pin=plan.pinned) for slot in plan.slots]
+    return [worker_env(slot, task_threads, pin=plan.pinned, memory=memory) for slot in plan.slots]
 
 
 # ---------------------------------------------------------------------------------- pinning
@@ -186,20 +212,44 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+def _memory_decision(env: Mapping[str, str]) -> mempolicy.Decision | None:
+    """The memory policy the environment asks for; ``None`` when it asks for nothing."""
+    raw_nodes = env.get(MEMORY_NODES_ENV, "").strip()
+    mode = env.get(MEMORY_POLICY_ENV, "").strip().lower() or mempolicy.DEFAULT_MODE
+    if not raw_nodes and MEMORY_POLICY_ENV not in env:
+        return None
+    if mode not in mempolicy.MODES:
+        raise ValueError(
+            f"environment variable {MEMORY_POLICY_ENV} must be one of "
+            f"{', '.join(mempolicy.MODES)}, got {env[MEMORY_POLICY_ENV]!r}"
+        )
+    try:
+        nodes = parse_cpulist(raw_nodes) if raw_nodes else frozenset()
+    except ValueError:
+        raise ValueError(
+            f"environment variable {MEMORY_NODES_ENV} must be a node list like 0 or 0-3, "
+            f"got {raw_nodes!r}"
+        ) from None
+    return mempolicy.decide(nodes, mode)
+
+
 def apply_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Inside a worker: pin every thread and size Numba/BLAS pools from the ``worker_env`` vars.
+    """Inside a worker: pin every thread, set the memory policy, size Numba/BLAS pools.
 
     ``numba.set_num_threads`` is thread-local, so it is applied here for the calling thread only;
     kernels in :mod:`ctrlstack.ops` apply the budget per call from ``CTRLSTACK_THREAD_BUDGET``.
     Numba is not imported here: a worker that never uses it should not pay for it, and its pool,
-    when launched later, inherits the mask set now.
+    when launched later, inherits the mask and memory policy set now.  The memory policy, like the
+    mask, reaches this thread and the threads created after it; ``result["memory"]`` is the
+    record of :func:`ctrlstack.topology.mempolicy.apply` (``None`` when nothing was asked).
     """
     global _LIMITER
     env = os.environ if env is None else env
-    result: dict[str, Any] = {"cpus": None, "pinned_tids": [], "warnings": []}
+    result: dict[str, Any] = {"cpus": None, "pinned_tids": [], "warnings": [], "memory": None}
     raw_cpus = env.get(CPUS_ENV, "").strip()
     threads = _env_int(env, THREADS_ENV)
     budget = _env_int(env, BUDGET_ENV)
+    decision = _memory_decision(env)
     result.update(threads=threads, task_threads=_env_int(env, TASK_THREADS_ENV), budget=budget)
     if raw_cpus:
         cpus = parse_cpulist(raw_cpus)
@@ -207,6 +257,13 @@ def apply_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         result["cpus"] = format_cpulist(cpus & os.sched_getaffinity(0)) or None
         if not result["pinned_tids"]:
             result["warnings"].append(f"slot CPUs {raw_cpus} are outside the allowed CPUs")
+    if decision is not None:
+        memory = mempolicy.apply(decision)
+        result["memory"] = memory
+        if memory["status"] in ("refused", "unavailable", "narrowed"):
+            for text in memory["diagnostics"]:
+                logger.warning("memory policy: %s", text)
+                result["warnings"].append(f"memory policy: {text}")
     if budget is not None:
         numba = sys.modules.get("numba")
         if numba is not None:
@@ -307,11 +364,33 @@ def _numba_info() -> dict[str, Any] | None:
     return info
 
 
+def _memory_info(dask_worker: Any) -> dict[str, Any]:
+    """The memory policy as asked (environment), applied (preload record) and read back now."""
+    try:
+        policy: str | None = str(mempolicy.get_policy())
+        error = None
+    except OSError as exc:  # unavailable here: say why instead of failing the diagnostic
+        policy, error = None, str(exc)
+    resident = mempolicy.resident_by_node()
+    pin_record = getattr(dask_worker, "ctrlstack_pin", None)
+    return {
+        "nodes_env": os.environ.get(MEMORY_NODES_ENV) or None,
+        "policy_env": os.environ.get(MEMORY_POLICY_ENV) or None,
+        "policy": policy,
+        "error": error,
+        # JSON object keys are strings; bytes resident on each node, from /proc/self/numa_maps
+        "resident_by_node": None if resident is None else {str(k): v for k, v in resident.items()},
+        "applied": pin_record.get("memory") if isinstance(pin_record, dict) else None,
+    }
+
+
 def placement(dask_worker: Any = None) -> dict[str, Any]:
     """Where this process's threads may run and last ran (run in workers via ``client.run``).
 
     JSON-ready.  Numba is reported only if the process imported it, and its thread count only
-    once its pool exists (asking earlier would launch the pool).
+    once its pool exists (asking earlier would launch the pool).  ``memory`` holds the memory
+    policy of the calling thread (``get_mempolicy``), the preload's record and the resident bytes
+    per NUMA node; each thread's ``mempolicy`` is its own policy as ``numa_maps`` shows it.
     """
     threads = []
     for tid in sorted(_tids()):
@@ -325,6 +404,7 @@ def placement(dask_worker: Any = None) -> dict[str, Any]:
                 "name": (_read(f"{base}/comm") or "").strip(),
                 "affinity": format_cpulist(affinity),
                 "last_cpu": _last_cpu(_read(f"{base}/stat")),
+                "mempolicy": mempolicy.thread_policy(tid),
             }
         )
     try:
@@ -347,4 +427,5 @@ def placement(dask_worker: Any = None) -> dict[str, Any]:
         "threads": threads,
         "numba": _numba_info(),
         "threadpools": pools,
+        "memory": _memory_info(dask_worker),
     }

@@ -46,7 +46,12 @@ class LeafUsage:
 
 @dataclass(frozen=True)
 class WorkerUsage:
-    """One worker process.  ``confined`` is ``None`` for unpinned workers (no slot)."""
+    """One worker process.  ``confined`` is ``None`` for unpinned workers (no slot).
+
+    ``memory`` summarises the worker's NUMA memory policy: the policy read back in the worker and
+    how many of its threads hold it (``prefer:0 (5/7 threads)``; threads that existed before the
+    preload keep theirs), or the preload's ``refused``/``unavailable`` outcome.
+    """
 
     label: str
     host: str
@@ -58,6 +63,7 @@ class WorkerUsage:
     numba_threads: int | None
     numba_pool: int | None
     blas_threads: int | None
+    memory: str | None = None
 
     @property
     def confined(self) -> bool | None:
@@ -105,6 +111,7 @@ class CrowdingReport:
                     "numba_threads": w.numba_threads,
                     "numba_pool": w.numba_pool,
                     "blas_threads": w.blas_threads,
+                    "memory": w.memory,
                 }
                 for w in self.workers
             ],
@@ -128,7 +135,7 @@ class CrowdingReport:
             for u in self.leaves
         ]
         workers: list[tuple[str, ...]] = [
-            ("worker", "slot", "threads", "numba", "blas", "confined")
+            ("worker", "slot", "threads", "numba", "blas", "memory", "confined")
         ]
         workers += [
             (
@@ -137,6 +144,7 @@ class CrowdingReport:
                 str(w.threads),
                 _numba_text(w),
                 "-" if w.blas_threads is None else str(w.blas_threads),
+                w.memory or "-",
                 {None: "-", True: "yes", False: "NO"}[w.confined],
             )
             for w in self.workers
@@ -192,6 +200,23 @@ def _blas_threads(pools: Sequence[Mapping[str, Any]]) -> int | None:
     return max(counts) if counts else None
 
 
+def _memory_text(p: Mapping[str, Any]) -> str | None:
+    """``prefer:0 (5/7 threads)``, ``refused: prefer:7``, or ``None`` without memory data."""
+    memory = p.get("memory")
+    if not memory:
+        return None
+    applied = memory.get("applied") or {}
+    if applied.get("status") in ("refused", "unavailable"):
+        return f"{applied['status']}: {applied.get('requested')}"
+    policy = memory.get("policy")
+    if policy is None:
+        return None
+    held = [t["mempolicy"] for t in p.get("threads", ()) if t.get("mempolicy")]
+    if not held:
+        return str(policy)
+    return f"{policy} ({sum(h == policy for h in held)}/{len(held)} threads)"
+
+
 def _worker(
     label: str, p: Mapping[str, Any]
 ) -> tuple[WorkerUsage, list[tuple[CpuSet, int | None]]]:
@@ -214,6 +239,7 @@ def _worker(
         numba_threads=numba.get("num_threads"),
         numba_pool=numba.get("num_threads_config"),
         blas_threads=_blas_threads(p.get("threadpools", ())),
+        memory=_memory_text(p),
     )
     return usage, threads
 
