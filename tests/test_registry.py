@@ -202,9 +202,7 @@ def test_two_takeovers_of_a_dead_name_cannot_both_win(reg: Registry) -> None:
 
     def attempt(reg: Registry, key: str) -> None:
         try:
-            reg.reserve(
-                ClusterRecord(name="demo", profile=key, backend="local"), judge_and_race
-            )
+            reg.reserve(ClusterRecord(name="demo", profile=key, backend="local"), judge_and_race)
             results[key] = "won"
         except NameTakenError:
             results[key] = "refused"
@@ -379,9 +377,7 @@ def test_a_broken_record_of_a_live_supervisor_is_found_through_its_pid_file(
 ) -> None:
     (reg.dir / "demo.json").write_text('{"name": "de')
     reg.make_cluster_dir("demo")
-    reg.write_pid_file(
-        "demo", {"supervisor": ProcessId.current().to_dict(), "pgid": os.getpgid(0)}
-    )
+    reg.write_pid_file("demo", {"supervisor": ProcessId.current().to_dict(), "pgid": os.getpgid(0)})
     (status,) = lifecycle.sweep(reg)
     assert status.state == "broken"
     assert status.pid == os.getpid()

@@ -14,7 +14,6 @@ Jupyter server loses none.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import math
 import re
@@ -22,18 +21,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import psutil
-
 from ctrlstack.deploy.status import ClusterStatus
+from ctrlstack.forms import NOT_OVERRIDABLE
 from ctrlstack.server.wire import as_status
 
 __all__ = ["ClusterManager", "RequestError"]
 
 _T = TypeVar("_T")
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-# Fields of a profile the launch form may override; the rest (env, worker-options, backend) are
-# site/user configuration, not per-launch choices.
-_NOT_OVERRIDABLE = ("backend", "env", "worker-options")
 
 
 class RequestError(ValueError):
@@ -189,11 +184,11 @@ def _overrides(raw: Any) -> dict[str, Any]:
         raise RequestError("overrides must be an object of field: value", field="overrides")
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or key in _NOT_OVERRIDABLE:
+        if not isinstance(key, str) or key in NOT_OVERRIDABLE:
             raise RequestError(
                 f"field {key!r} cannot be set at launch",
                 field=str(key),
-                allowed="a profile field other than " + ", ".join(_NOT_OVERRIDABLE),
+                allowed="a profile field other than " + ", ".join(NOT_OVERRIDABLE),
             )
         out[key.replace("-", "_")] = value
     return out
@@ -213,39 +208,9 @@ def _warm() -> None:
 
 
 def _profiles() -> dict[str, Any]:
-    """Profiles with their effective values (packaged ``local`` under the user's fields).
+    from ctrlstack.forms import profiles
 
-    A profile that does not validate is listed with its error, so the form can show why.
-    """
-    import dask.config
-
-    from ctrlstack._config_check import builtin_profile, profile_schema, schema
-    from ctrlstack.config import get_profile, profile_names
-
-    raw = dask.config.get("ctrlstack.profiles", default={}) or {}
-    rows = []
-    for name in profile_names():
-        body = raw.get(name)
-        values = {**builtin_profile(), **(dict(body) if isinstance(body, Mapping) else {})}
-        backend = values.get("backend")
-        if isinstance(backend, str):  # the section as launched: site defaults under the profile's
-            defaults = dask.config.get(f"ctrlstack.backends.{backend}", default={}) or {}
-            own = values.get(backend)
-            values[backend] = {**defaults, **(own if isinstance(own, Mapping) else {})}
-        error = None
-        try:
-            get_profile(name)
-        except ValueError as exc:
-            error = str(exc)
-        rows.append({"name": name, "backend": backend, "values": values, "error": error})
-    backends = schema()["$defs"].get("backend-options", {})
-    return {
-        "profiles": rows,
-        "schema": profile_schema(),
-        "backends": {
-            k: v for k, v in backends.items() if isinstance(v, Mapping) and k != "description"
-        },
-    }
+    return profiles()
 
 
 def _check_profile(profile: str, overrides: dict[str, Any]) -> None:
@@ -290,42 +255,6 @@ def _logs(name: str, lines: int) -> str:
 
 
 def _topology() -> dict[str, Any]:
-    """This machine's topology, live per-CPU load, and which worker of which cluster owns a CPU.
+    from ctrlstack.occupancy import occupancy
 
-    A CPU owned by workers of more than one cluster is *crowded*; a worker without a CPU set is
-    *unpinned* (it floats over every allowed CPU).
-    """
-    from ctrlstack.topology.cpuset import parse_cpulist
-    from ctrlstack.topology.discover import discover
-
-    machine = discover().to_dict()
-    load = psutil.cpu_percent(interval=None, percpu=True)
-    owners: dict[str, list[dict[str, Any]]] = {}
-    unpinned: list[dict[str, Any]] = []
-    for row in _list():
-        if row.state not in ("running", "starting"):
-            continue
-        try:
-            status = _status(row.name)
-        except (LookupError, ConnectionError, OSError, TimeoutError):
-            status = None  # stopping right now, or not answering: it draws no workers
-        if status is None:
-            continue
-        for worker in status.workers:
-            entry = {"cluster": row.name, "worker": worker.name, "state": worker.state}
-            if worker.cpus is None:
-                unpinned.append(entry)
-                continue
-            with contextlib.suppress(ValueError):
-                for cpu in parse_cpulist(worker.cpus):
-                    owners.setdefault(str(cpu), []).append(entry)
-    crowded = sorted(
-        int(cpu) for cpu, entries in owners.items() if len({e["cluster"] for e in entries}) > 1
-    )
-    return {
-        "machine": machine,
-        "load": {str(i): value for i, value in enumerate(load)},
-        "owners": owners,
-        "unpinned": unpinned,
-        "crowded": crowded,
-    }
+    return occupancy()
