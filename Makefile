@@ -17,23 +17,24 @@ LABEXT_SRC := package.json package-lock.json tsconfig.json $(wildcard src/*.ts s
 
 setup: $(STAMP) $(LABEXT)
 
-# node_modules is cached in the repo (gitignored): `npm ci` runs only when the lockfile changes.
-node_modules/.package-lock.json: package.json package-lock.json
-	npm ci --no-audit --no-fund
-	touch $@
-
-$(LABEXT): node_modules/.package-lock.json $(LABEXT_SRC)
-	PATH="$(CURDIR)/$(BIN):$$PATH" npm run build:prod
-
-labextension: $(LABEXT)
-
-# pip builds the wheel's lab extension through hatch-jupyter-builder only if it is missing,
-# so the extension is built first (above) and pip finds it.
-$(STAMP): pyproject.toml | $(LABEXT)
+# On a fresh checkout the wheel build hook (hatch-jupyter-builder) builds the lab extension
+# during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# node_modules is cached in the checkout (gitignored): `npm ci` runs only when the lockfile changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Rebuild the extension when a source changes (jupyter-builder comes with JupyterLab in the venv).
+$(LABEXT): node_modules/.package-lock.json $(LABEXT_SRC) | $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" npm run build:prod
+
+labextension: $(LABEXT)
 
 # Browser tests drive Debian's chromium through Playwright (no browser download).
 browser-deps:

@@ -11,19 +11,34 @@ widgets draw the same map, and both must agree on what "crowded" and "unpinned" 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-__all__ = ["occupancy"]
+if TYPE_CHECKING:
+    from ctrlstack.deploy.status import ClusterStatus
+
+__all__ = ["live_status", "occupancy"]
 
 
-def occupancy() -> dict[str, Any]:
+def live_status(name: str) -> ClusterStatus | None:
+    """The supervisor's status of ``name``, or None if it is stopping or does not answer."""
+    from ctrlstack import api
+
+    try:
+        return api.get(name).status()
+    except (LookupError, ConnectionError, OSError, TimeoutError):
+        return None
+
+
+def occupancy(statuses: Mapping[str, ClusterStatus | None] | None = None) -> dict[str, Any]:
     """``{"machine", "load", "owners", "unpinned", "crowded"}`` (JSON-ready; blocking).
 
     ``load`` is the busy percentage of each CPU since the previous call in this process (the
     first call reports 0s: psutil needs two samples).  Clusters that are stopping or do not
-    answer simply draw no workers.
+    answer simply draw no workers.  ``statuses`` (cluster name → live status, or None when it
+    did not answer) lets a caller that already asked every supervisor skip asking again.
     """
     from ctrlstack import api
     from ctrlstack.topology.cpuset import parse_cpulist
@@ -36,9 +51,11 @@ def occupancy() -> dict[str, Any]:
     for row in api.clusters():
         if row.state not in ("running", "starting"):
             continue
-        try:
-            status = api.get(row.name).status()
-        except (LookupError, ConnectionError, OSError, TimeoutError):
+        if statuses is not None and row.name in statuses:
+            status = statuses[row.name]
+        else:
+            status = live_status(row.name)
+        if status is None:
             continue
         for worker in status.workers:
             entry = {"cluster": row.name, "worker": worker.name, "state": worker.state}

@@ -84,7 +84,11 @@ class ClusterManager:
         return await self._run(self._fast, _logs, name, n)
 
     async def topology(self) -> dict[str, Any]:
-        return await self._run(self._fast, _topology)
+        """Occupancy, asking every running cluster's supervisor at once (in the read pool)."""
+        rows = await self._run(self._fast, _list)
+        names = [r.name for r in rows if r.state in ("running", "starting")]
+        found = await asyncio.gather(*(self._run(self._fast, _live, n) for n in names))
+        return await self._run(self._fast, _topology, dict(zip(names, found, strict=True)))
 
     # ------------------------------------------------------------------ actions
     async def create(self, body: Any) -> dict[str, Any]:
@@ -254,7 +258,13 @@ def _logs(name: str, lines: int) -> str:
     return text
 
 
-def _topology() -> dict[str, Any]:
+def _live(name: str) -> ClusterStatus | None:
+    from ctrlstack.occupancy import live_status
+
+    return live_status(name)
+
+
+def _topology(statuses: dict[str, ClusterStatus | None]) -> dict[str, Any]:
     from ctrlstack.occupancy import occupancy
 
-    return occupancy()
+    return occupancy(statuses)
