@@ -92,3 +92,34 @@ def test_wire_reads_typed_and_plain_status() -> None:
     assert [(w.cpus, w.state) for w in legacy.workers] == [("0-1", "running"), (None, "pending")]
     with pytest.raises(TypeError):
         as_status(42)
+
+
+def test_fresh_shares_one_call_and_never_caches_errors() -> None:
+    from ctrlstack.server.cache import Fresh
+
+    calls: list[str] = []
+
+    async def fetch() -> str:
+        calls.append("x")
+        await asyncio.sleep(0.05)
+        return f"v{len(calls)}"
+
+    async def failing() -> str:
+        calls.append("e")
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        fresh: Fresh[str] = Fresh(ttl=0.2)
+        assert await asyncio.gather(*(fresh.get("a", fetch) for _ in range(5))) == ["v1"] * 5
+        assert await fresh.get("a", fetch) == "v1"  # within ttl
+        assert calls == ["x"]
+        await asyncio.sleep(0.25)
+        assert await fresh.get("a", fetch) == "v2"  # expired
+        fresh.put("a", "mine")
+        assert await fresh.get("a", fetch) == "mine"
+        fresh.forget("a")
+        with pytest.raises(ConnectionError):
+            await fresh.get("a", failing)
+        assert await fresh.get("a", fetch) == "v4"  # the error was not kept
+
+    asyncio.run(main())

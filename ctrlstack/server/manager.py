@@ -23,11 +23,14 @@ from typing import Any, TypeVar
 
 from ctrlstack.deploy.status import ClusterStatus
 from ctrlstack.forms import NOT_OVERRIDABLE
+from ctrlstack.server.cache import Fresh
 from ctrlstack.server.wire import as_status
 
 __all__ = ["ClusterManager", "RequestError"]
 
 _T = TypeVar("_T")
+#: Reads (list, status) are answered from results at most this old (see ``cache.Fresh``).
+READ_TTL = 1.0
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
@@ -53,6 +56,8 @@ class ClusterManager:
         self._fast = ThreadPoolExecutor(fast_workers, thread_name_prefix="ctrlstack-read")
         self._slow = ThreadPoolExecutor(slow_workers, thread_name_prefix="ctrlstack-act")
         self._launching: set[str] = set()
+        self._rows: Fresh[list[ClusterStatus]] = Fresh(READ_TTL)
+        self._status: Fresh[ClusterStatus] = Fresh(READ_TTL)
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -70,13 +75,18 @@ class ClusterManager:
     async def profiles(self) -> dict[str, Any]:
         return await self._run(self._fast, _profiles)
 
+    async def _list(self) -> list[ClusterStatus]:
+        return await self._rows.get("", lambda: self._run(self._fast, _list))
+
+    async def _live(self, name: str) -> ClusterStatus:
+        return await self._status.get(name, lambda: self._run(self._fast, _status, name))
+
     async def list(self) -> list[dict[str, Any]]:
-        rows = await self._run(self._fast, _list)
-        return [row.to_dict() for row in rows]
+        return [row.to_dict() for row in await self._list()]
 
     async def status(self, name: str) -> dict[str, Any]:
         _check_name(name)
-        return (await self._run(self._fast, _status, name)).to_dict()
+        return (await self._live(name)).to_dict()
 
     async def logs(self, name: str, lines: Any = 200) -> str:
         _check_name(name)
@@ -85,10 +95,13 @@ class ClusterManager:
 
     async def topology(self) -> dict[str, Any]:
         """Occupancy, asking every running cluster's supervisor at once (in the read pool)."""
-        rows = await self._run(self._fast, _list)
-        names = [r.name for r in rows if r.state in ("running", "starting")]
-        found = await asyncio.gather(*(self._run(self._fast, _live, n) for n in names))
-        return await self._run(self._fast, _topology, dict(zip(names, found, strict=True)))
+        names = [r.name for r in await self._list() if r.state in ("running", "starting")]
+        found = await asyncio.gather(*(self._live(n) for n in names), return_exceptions=True)
+        statuses = {
+            n: (s if isinstance(s, ClusterStatus) else None)
+            for n, s in zip(names, found, strict=True)
+        }
+        return await self._run(self._fast, _topology, statuses)
 
     # ------------------------------------------------------------------ actions
     async def create(self, body: Any) -> dict[str, Any]:
@@ -121,12 +134,17 @@ class ClusterManager:
         finally:
             if name is not None:
                 self._launching.discard(name)
+        self._rows.forget()
+        self._status.put(status.name, status)
         return status.to_dict()
 
     async def scale(self, name: str, body: Any) -> dict[str, Any]:
         _check_name(name)
         n = _int(_field(body, "workers"), "workers", minimum=0, maximum=100_000)
-        return (await self._run(self._slow, _scale, name, n)).to_dict()
+        self._status.forget(name)
+        status = await self._run(self._slow, _scale, name, n)
+        self._status.put(name, status)
+        return status.to_dict()
 
     async def adapt(self, name: str, body: Any) -> dict[str, Any]:
         _check_name(name)
@@ -139,11 +157,18 @@ class ClusterManager:
                 field="maximum",
                 allowed=">= minimum",
             )
-        return (await self._run(self._slow, _adapt, name, minimum, maximum)).to_dict()
+        self._status.forget(name)
+        status = await self._run(self._slow, _adapt, name, minimum, maximum)
+        self._status.put(name, status)
+        return status.to_dict()
 
     async def stop(self, name: str) -> None:
         _check_name(name)
-        await self._run(self._slow, _stop, name)
+        try:
+            await self._run(self._slow, _stop, name)
+        finally:
+            self._status.forget(name)
+            self._rows.forget()
 
 
 # ---------------------------------------------------------------------- request checks
@@ -256,12 +281,6 @@ def _stop(name: str) -> None:
 def _logs(name: str, lines: int) -> str:
     text: str = _api().logs(name, lines=lines)
     return text
-
-
-def _live(name: str) -> ClusterStatus | None:
-    from ctrlstack.occupancy import live_status
-
-    return live_status(name)
 
 
 def _topology(statuses: dict[str, ClusterStatus | None]) -> dict[str, Any]:
