@@ -1,7 +1,8 @@
 # Two commands a fresh machine needs (see README.md):
 #   make lab    set everything up, then run JupyterLab with the quickstart notebook (local profile)
-#   make test   set everything up, then run the whole test suite (lint, types, tests)
-# Everything is installed from this repository's own files into ./.venv.
+#   make test   set everything up, then run the whole test suite (lint, types, tests, and the
+#               smoke test of a plain install: `make test-minimal`)
+# Everything is installed from this repository's own files into ./.venv (and ./.venv-min).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,8 +13,11 @@ PYTEST_ARGS ?=
 # The prebuilt JupyterLab extension (src/ -> ctrlstack/labextension/), rebuilt when a source changes.
 LABEXT := ctrlstack/labextension/package.json
 LABEXT_SRC := package.json package-lock.json tsconfig.json $(wildcard src/*.ts src/*/*.ts style/*)
+# A second venv with ctrlstack's base install only (`pip install .`: no extras, not editable).
+MIN_VENV  := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
 
-.PHONY: lab test setup labextension browser-deps lint typecheck pytest bench clean
+.PHONY: lab test setup labextension browser-deps lint typecheck pytest test-minimal bench clean
 
 setup: $(STAMP) $(LABEXT)
 
@@ -53,7 +57,7 @@ lab: setup
 		--ServerApp.token=$$token --ServerApp.port_retries=0 \
 		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-test: setup browser-deps lint typecheck pytest
+test: setup browser-deps lint typecheck pytest test-minimal
 
 lint: setup
 	$(BIN)/ruff check ctrlstack tests benchmarks
@@ -65,9 +69,24 @@ typecheck: setup
 pytest: setup
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
+# The venv is rebuilt from scratch when pyproject.toml changes (so nothing but the base install's
+# dependencies is ever in it; pip's cache keeps that fast); ctrlstack itself is reinstalled from
+# this tree every run.  The '*' .gitignore keeps the venv out of `git status`.
+$(MIN_STAMP): pyproject.toml
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	echo '*' > $(MIN_VENV)/.gitignore
+	$(MIN_VENV)/bin/python -m pip install --quiet .
+	touch $(MIN_STAMP)
+
+test-minimal: $(MIN_STAMP)
+	$(MIN_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	env -u PYTHONPATH $(MIN_VENV)/bin/python tests/smoke_minimal.py
+
 bench: setup
 	$(BIN)/python benchmarks/cluster.py
 	$(BIN)/python benchmarks/ops.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lib tsconfig.tsbuildinfo ctrlstack/labextension
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache lib tsconfig.tsbuildinfo \
+		ctrlstack/labextension

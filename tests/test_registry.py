@@ -165,7 +165,7 @@ def test_a_stale_starting_reservation_can_be_reused(reg: Registry) -> None:
 
 def test_a_broken_record_holds_the_name_until_forgotten(reg: Registry) -> None:
     (reg.dir / "demo.json").write_text("{trunc")
-    with pytest.raises(NameTakenError, match="damaged record.*ctrlstack forget demo"):
+    with pytest.raises(NameTakenError, match=r"damaged record.*ctrlstack forget demo"):
         reserve(reg, ClusterRecord(name="demo", profile="new", backend="local"))
     assert (reg.dir / "demo.json").read_text() == "{trunc"
     lifecycle.forget(reg, "demo")
