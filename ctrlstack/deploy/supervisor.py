@@ -114,6 +114,8 @@ class Supervisor:
         self._state = "starting"
         #: Processes that must not outlive the owner (``ctrlstack run``'s script).
         self.companions: list[procs.ProcessId] = []
+        #: The launcher's reservation (owner, log path, creation time), read in register().
+        self._base: ClusterRecord | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def owner_gone(self) -> bool:
@@ -246,12 +248,13 @@ class Supervisor:
                     memory_limit=ws.memory_limit or None,
                 )
             )
+        base = self._base
         return ClusterStatus(
             name=self.name,
             profile=self.spec.profile,
             backend=self.spec.backend,
             state=self._state,
-            owner=self._record().owner,
+            owner=base.owner if base is not None else None,
             host=self.me.host,
             created=self.created,
             ephemeral=self.owner is not None,
@@ -268,7 +271,7 @@ class Supervisor:
             adapt=None if self.adapt_range is None else AdaptRange(*self.adapt_range),
             workers=workers,
             jobs=report.jobs,
-            log=self._record().log,
+            log=base.log if base is not None else None,
         )
 
     # ---------------------------------------------------------------- handlers
@@ -342,8 +345,6 @@ class Supervisor:
             self.created = reserved.created
             self._base = reserved
         self._update_record()
-
-    _base: ClusterRecord | None = None
 
     def _record(self) -> ClusterRecord:
         """The record as this supervisor knows it (what it writes, and rewrites when damaged)."""
