@@ -480,3 +480,9 @@ def _wait_script(child: Any, grace: float = 10.0) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from ctrlstack.cli_batch import script as _script
+from ctrlstack.cli_batch import worker as _worker
+
+main.add_command(_script)
+main.add_command(_worker)

@@ -42,6 +42,7 @@ from ._config_check import (
     normalise_profile,
     packaged_defaults,
     profile_key,
+    profile_schema,
     section_schema,
     suggest,
     validate_backend_options,
@@ -121,6 +122,9 @@ class ClusterSpec:
                 continue
             value = getattr(self, f.name)
             if f.name == "options":
+                # Every backend section is a profile field; only the own backend's is used.
+                for other in profile_schema()["properties"]["backend"]["enum"]:
+                    out[other] = {}
                 out[self.backend] = copy.deepcopy(dict(value))
                 continue
             if f.name == "adapt" and value is not None:

@@ -143,7 +143,7 @@ def test_spec_fields_match_schema_profile_fields() -> None:
 def test_packaged_defaults_survive_refresh() -> None:
     refresh()
     assert dask.config.get("ctrlstack.default-profile") == "local"
-    assert config.profile_names() == ["local"]
+    assert config.profile_names() == ["local", "pbs-cpu", "slurm-cpu"]
     spec = get_profile()
     assert spec.profile == "local"
     assert spec.to_dict() == {
@@ -176,7 +176,7 @@ def test_user_yaml_adds_a_profile_with_defaults_filled_in(tmp_path: Path) -> Non
         """,
     )
     refresh(tmp_path)
-    assert config.profile_names() == ["big", "local"]
+    assert config.profile_names() == ["big", "local", "pbs-cpu", "slurm-cpu"]
     big = get_profile("big")
     assert (big.workers, big.threads, big.memory_limit) == (4, 8, "16 GiB")
     assert big.env == {"OMP_PROC_BIND": "close"}
@@ -236,7 +236,7 @@ def test_message_names_profile_field_value_and_choices() -> None:
 
 
 BAD_FIELDS = [
-    ("backend", "slurm", "backend", "one of local"),
+    ("backend", "condor", "backend", "one of local, slurm, pbs"),
     ("workers", 0, "workers", "an integer >= 1 or 'auto'"),
     ("workers", "many", "workers", "an integer >= 1 or 'auto'"),
     ("threads", 2.5, "threads", "an integer >= 1 or 'auto'"),
