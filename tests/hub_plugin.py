@@ -12,12 +12,14 @@ If anything cannot start, the tests fail (never skip): they are part of ``make t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -156,16 +158,14 @@ c.StackSpawner.start_poll_period = 0.3
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
         pid_file = self.root / "chp.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
             pid_file.unlink(missing_ok=True)
 
     def log_tail(self, n: int = 60) -> str:

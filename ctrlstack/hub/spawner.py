@@ -202,6 +202,7 @@ class StackSpawner(Spawner):
         self._new_event = asyncio.Event()
         self._address: asyncio.Future[tuple[str, int]] | None = None
         self._warned_end = False
+        self._form_error: FormError | None = None
 
     # ------------------------------------------------------------------ form
     def choices(self) -> list[ProfileChoice]:
@@ -232,19 +233,27 @@ class StackSpawner(Spawner):
         groups = [getattr(g, "name", g) for g in getattr(self.user, "groups", [])]
         return Limits.for_groups(groups, self.group_limits, base)
 
-    def render_options_form(self, error: FormError | None = None) -> str:
+    def render_options_form(self) -> str:
+        error, self._form_error = self._form_error, None
         return render_form(self.choices(), self.limits(), list(self.kernels), error=error)
 
     def options_from_form(self, formdata: Mapping[str, list[str]]) -> dict[str, Any]:
         """Form lists -> scalars; validation happens in :meth:`job_request` (400 per field)."""
-        return {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in formdata.items()}
+        return {
+            k: v[0] if isinstance(v, list) and len(v) == 1 else v
+            for k, v in formdata.items()
+            if not k.startswith("_")  # _xsrf: the hub's, not an option
+        }
 
     def job_request(self) -> JobRequest:
         """The validated ``user_options``; HTTP 400 naming the field otherwise."""
         try:
             return validate(self.user_options or {}, self.choices(), self.limits(), self.kernels)
         except FormError as exc:
-            raise web.HTTPError(400, "%s", str(exc)) from None
+            self._form_error = exc  # the re-rendered form marks the field
+            error = web.HTTPError(400, "%s", str(exc))
+            error.jupyterhub_message = str(exc)  # type: ignore[attr-defined]
+            raise error from None
 
     # ------------------------------------------------------------------ job
     def _account(self) -> dict[str, Any]:
