@@ -72,6 +72,7 @@ class Hub:
     slurm_conf: str
     user_python: Path
     extra_config: str = ""
+    spawner_config: str = ""  # replaces the StackSpawner block (the benchmark's batchspawner)
     port: int = field(default_factory=free_port)
     hub_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
@@ -80,6 +81,21 @@ class Hub:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stack_config(self) -> str:
+        return f"""
+c.JupyterHub.spawner_class = "ctrlstack.hub.StackSpawner"  # entry point "ctrlstack" once installed
+c.JupyterHub.extra_handlers = extra_handlers()
+c.Spawner.poll_interval = 2
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 30
+c.StackSpawner.profiles = ["slurm-cpu"]
+c.StackSpawner.submit_prefix = ["setpriv", "--reuid={{uid}}", "--regid={{gid}}", "--init-groups"]
+c.StackSpawner.job_python = {str(self.user_python)!r}
+c.StackSpawner.server_ip = "127.0.0.1"
+c.StackSpawner.status_period = 2.0
+c.StackSpawner.start_poll_period = 0.3
+"""
 
     def write_config(self) -> Path:
         conf = self.root / "jupyterhub_config.py"
@@ -106,17 +122,7 @@ c.JupyterHub.load_roles = [{{"name": "ci-admin", "services": ["ci"], "scopes": [
     "admin:users", "admin:servers", "access:servers", "read:users", "list:users", "tokens",
     "admin:server_state"]}}]
 c.JupyterHub.cleanup_servers = False
-c.JupyterHub.spawner_class = "ctrlstack.hub.StackSpawner"  # entry point "ctrlstack" once installed
-c.JupyterHub.extra_handlers = extra_handlers()
-c.Spawner.poll_interval = 2
-c.Spawner.start_timeout = 60
-c.Spawner.http_timeout = 30
-c.StackSpawner.profiles = ["slurm-cpu"]
-c.StackSpawner.submit_prefix = ["setpriv", "--reuid={{uid}}", "--regid={{gid}}", "--init-groups"]
-c.StackSpawner.job_python = {str(self.user_python)!r}
-c.StackSpawner.server_ip = "127.0.0.1"
-c.StackSpawner.status_period = 2.0
-c.StackSpawner.start_poll_period = 0.3
+{self.spawner_config or self.stack_config()}
 {self.extra_config}
 """
         )
