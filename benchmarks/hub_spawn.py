@@ -100,7 +100,9 @@ async def count_polls(kind: str, jobs: list[str], path: str, count: Path, period
         else:
             from batchspawner import SlurmSpawner
 
-            sp = SlurmSpawner(user=user, exec_prefix="", env_keep=[], environment=env)
+            sp = SlurmSpawner(
+                user=user, exec_prefix="", env_keep=[], environment=env, req_homedir="/tmp"
+            )
             sp.get_env = lambda env=env: dict(env)  # no hub object in this bare loop
             sp.load_state({"job_id": job, "job_status": ""})
         spawners.append(sp)

@@ -34,7 +34,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ctrlstack import _proc
 from ctrlstack.deploy.batch import render_script, slurm
-from ctrlstack.deploy.batch.options import format_walltime
+from ctrlstack.deploy.batch.options import BatchOptions, format_walltime
 
 from .form import FormError, JobRequest, Limits, ProfileChoice, render_form, validate
 from .status import StatusService
@@ -44,6 +44,27 @@ __all__ = ["SpawnFailed", "StackSpawner"]
 #: States in which the job still runs (or will): the server is kept.
 ALIVE = frozenset({"PENDING", "RUNNING", "UNKNOWN"})
 TAIL_LINES = 20
+
+
+_RESOLVED: dict[str, tuple[float, BatchOptions]] = {}
+RESOLVE_TTL = 60.0
+
+
+def _resolved(profile: str) -> BatchOptions:
+    """The profile's batch options, re-read at most once a minute.
+
+    Resolving validates the whole site configuration (JSON Schema), which costs seconds on a
+    loaded login node; a spawn must not pay that each time, and a site's edits still show
+    within a minute.
+    """
+    from ctrlstack import config
+    from ctrlstack.deploy.batch.options import resolve
+
+    now = time.monotonic()
+    hit = _RESOLVED.get(profile)
+    if hit is None or now - hit[0] > RESOLVE_TTL:
+        hit = _RESOLVED[profile] = (now, resolve(config.get_profile(profile), cluster_name="hub"))
+    return hit[1]
 
 
 class SpawnFailed(RuntimeError):
@@ -208,14 +229,13 @@ class StackSpawner(Spawner):
     def choices(self) -> list[ProfileChoice]:
         """The offered profiles, resolved from the site's ctrlstack configuration."""
         from ctrlstack import config
-        from ctrlstack.deploy.batch.options import resolve
 
         names = list(self.profiles) or [
             n for n in config.profile_names() if config.get_profile(n).backend == "slurm"
         ]
         out = []
         for name in names:
-            opts = resolve(config.get_profile(name), cluster_name="hub")
+            opts = _resolved(name)
             out.append(
                 ProfileChoice(
                     name=name,
@@ -275,10 +295,7 @@ class StackSpawner(Spawner):
 
     def job_script(self, req: JobRequest, account: Mapping[str, Any]) -> str:
         """The script sbatch reads: profile directives + the rendezvous wrapper's argv."""
-        from ctrlstack import config
-        from ctrlstack.deploy.batch.options import resolve
-
-        opts = resolve(config.get_profile(req.profile), cluster_name="hub")
+        opts = _resolved(req.profile)
         extra = [*opts.extra_directives, *self.extra_directives, f"--chdir={account['home']}"]
         if req.gpus:
             extra.append(f"--gres=gpu:{req.gpus}")
@@ -426,7 +443,12 @@ class StackSpawner(Spawner):
                 )
                 self._emit(f"queued: {status.reason or 'waiting'}{when}", 20)
             elif status.state == "RUNNING":
-                self._emit(f"starting on {status.node or 'a node'}", 50)
+                ends = (
+                    time.strftime(" — walltime ends %H:%M:%S", time.localtime(status.end_time))
+                    if status.end_time
+                    else ""
+                )
+                self._emit(f"starting on {status.node or 'a node'}{ends}", 50)
         return self._address.result()
 
     async def _wait_http(self, ip: str, port: int, tracked: Any, log: str) -> None:
