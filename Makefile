@@ -31,8 +31,8 @@ lab: setup
 test: setup lint typecheck pytest test-minimal
 
 lint: setup
-	$(BIN)/ruff check ctrlstack tests benchmarks
-	$(BIN)/ruff format --check ctrlstack tests benchmarks
+	$(BIN)/ruff check ctrlstack tests benchmarks scripts/slurm
+	$(BIN)/ruff format --check ctrlstack tests benchmarks scripts/slurm
 
 typecheck: setup
 	$(BIN)/mypy

@@ -58,7 +58,9 @@ def slurm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
     try:
         yield Slurm(conf=info["SLURM_CONF"], state=state, partition=info["partition"])
     finally:
+        began = time.monotonic()
         down = _proc.run([*script, "down", "--state", str(state)], timeout=300, check=False)
+        print(f"\nscripts/slurm down took {time.monotonic() - began:.1f} s", file=sys.stderr)
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:

@@ -109,3 +109,83 @@ def test_sbatch_rejection_surfaces_fast_and_leaves_nothing(
         asyncio.run(backend.create())
     assert time.monotonic() - started < 2
     assert slurm.queue() == []
+
+
+def test_thirty_launch_stop_cycles_leave_no_job(slurm: Any, tmp_path: Path) -> None:
+    async def cycle(i: int) -> None:
+        backend = _backend(tmp_path / str(i), workers=2)
+        cluster = await backend.create()
+        assert len(backend.job_ids()) == 2
+        await cluster.close()
+        await backend.cleanup()
+
+    async def main() -> None:
+        for i in range(30):
+            await cycle(i)
+
+    asyncio.run(main())
+    assert slurm.wait_empty(10) == []
+
+
+def test_failing_squeue_is_unknown_after_a_grace_never_gone(
+    slurm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctrlstack.deploy.backends.slurm as backend_module
+
+    backend = _backend(tmp_path, workers=1)
+
+    async def main() -> None:
+        cluster = await backend.create()
+        try:
+            await backend.poll()
+            (job_id,) = backend.job_ids()
+            before = backend.report().jobs[0].state
+            assert before in ("PENDING", "RUNNING")
+            broken = tmp_path / "broken.conf"  # squeue: "Unable to process configuration file"
+            broken.write_text("")
+            monkeypatch.setenv("SLURM_CONF", str(broken))
+            await backend.poll()  # squeue fails: the last known state stays
+            assert backend.report().jobs[0].state == before
+            monkeypatch.setattr(backend_module, "STATUS_GRACE", 0.0)
+            await asyncio.sleep(0.01)
+            await backend.poll()
+            (job,) = backend.report().jobs
+            assert job.state == "UNKNOWN"
+            assert backend.job_ids() == [job_id]  # still ours, still to be cancelled
+            assert len(cluster.worker_spec) == 1  # nothing dropped or replaced
+            monkeypatch.undo()
+            await backend.poll()
+            assert backend.report().jobs[0].state in ("PENDING", "RUNNING")
+        finally:
+            await cluster.close()
+            await backend.cleanup()
+
+    asyncio.run(main())
+
+
+def test_scale_up_is_one_array_submission(slurm: Any, tmp_path: Path) -> None:
+    backend = _backend(tmp_path, workers=3)
+
+    async def main() -> None:
+        cluster = await backend.create()
+        try:
+            first = backend.job_ids()
+            assert len(first) == 3
+            assert len({j.split("_")[0] for j in first}) == 1  # one sbatch --array
+            assert sorted(j.split("_")[1] for j in first) == ["0", "1", "2"]
+            async with Client(cluster, asynchronous=True) as client:
+                await _wait_workers(client, 3)
+                cluster.scale(5)
+                await _wait_workers(client, 5)
+                added = [j for j in backend.job_ids() if j not in first]
+                assert len(added) == 2
+                assert len({j.split("_")[0] for j in added}) == 1
+                await backend.poll()
+                running = [j for j in backend.report().jobs if j.state == "RUNNING"]
+                assert len(running) == 5
+                assert all(Path(str(j.log)).exists() for j in running)
+        finally:
+            await cluster.close()
+            await backend.cleanup()
+
+    asyncio.run(main())

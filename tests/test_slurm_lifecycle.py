@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import ctrlstack
+from ctrlstack import _proc
 from ctrlstack.deploy.status import ClusterStatus
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
@@ -48,6 +49,21 @@ def test_launch_compute_scale_adapt_stop(slurm: Any, state_dir: Path) -> None:
         assert sorted(cluster.record.job_ids) == sorted(_jobs(status))
         assert sorted(slurm.queue()) == sorted(_jobs(status))
 
+        # scancel of a job: replaced within one poll period (2 s) plus sbatch's time.
+        victim = min(cluster.record.job_ids)
+        _proc.run(["scancel", victim])
+        killed = time.monotonic()
+        _until(
+            "a replacement job",
+            lambda: victim not in (q := slurm.queue()) and len(q) == 2,
+            timeout=10,
+        )
+        assert time.monotonic() - killed < 6
+        cluster.wait_for_workers(2, timeout=60)
+        assert victim not in cluster.record.job_ids
+        ended = [j for j in cluster.status().jobs if j.job_id == victim]
+        assert [j.state for j in ended] == ["CANCELLED"]
+
         cluster.scale(4)
         cluster.wait_for_workers(4, timeout=60)
         _until("4 jobs in the queue", lambda: len(slurm.queue()) == 4)
@@ -66,32 +82,6 @@ def test_launch_compute_scale_adapt_stop(slurm: Any, state_dir: Path) -> None:
     assert ctrlstack.clusters() == []
 
 
-def test_scancelled_job_is_replaced_within_one_poll(slurm: Any, state_dir: Path) -> None:
-    from ctrlstack import _proc
-
-    cluster = ctrlstack.launch("slurm-cpu", name="rep", workers=2)
-    try:
-        cluster.wait_for_workers(2, timeout=60)
-        first = sorted(cluster.record.job_ids)
-        assert len(first) == 2
-        victim = first[0]
-        _proc.run(["scancel", victim])
-        killed = time.monotonic()
-        # One poll period (2 s) plus the time sbatch takes: a new job id is in the queue.
-        _until(
-            "a replacement job",
-            lambda: victim not in slurm.queue() and len(slurm.queue()) == 2,
-            timeout=10,
-        )
-        assert time.monotonic() - killed < 6
-        cluster.wait_for_workers(2, timeout=60)
-        status = cluster.status()
-        assert victim not in cluster.record.job_ids
-        assert any(j.job_id == victim and j.state == "CANCELLED" for j in status.jobs)
-    finally:
-        cluster.stop()
-
-
 def test_cli_script_launch_list_stop_and_rejection(
     slurm: Any, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -102,11 +92,12 @@ def test_cli_script_launch_list_stop_and_rejection(
         "      threads: 1\n      slurm: {partition: nope, interface: lo}\n"
     )
     env = {**os.environ, "DASK_CONFIG": str(site)}
-    exe = str(Path(sys.executable).parent / "ctrlstack")
+    # The `ctrlstack` console script, without depending on the venv's bin/ entry.
+    exe = [sys.executable, "-c", "from ctrlstack.cli import main; main()"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [exe, *args], capture_output=True, text=True, timeout=120, check=False, env=env
+            [*exe, *args], capture_output=True, text=True, timeout=120, check=False, env=env
         )
 
     script = cli("script", "slurm-cpu", "--name", "x")
@@ -133,3 +124,61 @@ def test_cli_script_launch_list_stop_and_rejection(
         stopped = cli("stop", "good")
     assert stopped.returncode == 0, stopped.stderr
     assert slurm.wait_empty(10) == []
+
+
+def test_walltime_drain_replaces_first_and_loses_no_task(slurm: Any, state_dir: Path) -> None:
+    """A 60 s job whose workers retire 30 s before its end: the replacement is submitted 15 s
+    earlier, the old worker hands over and leaves, every task's result arrives."""
+    from ctrlstack.deploy.worker import job_placement
+
+    cluster = ctrlstack.launch(
+        "slurm-cpu", name="wall", workers=1, walltime="00:01:00", retire_before=30
+    )
+    try:
+        cluster.wait_for_workers(1, timeout=60)
+        first = list(cluster.record.job_ids)
+        assert len(first) == 1
+        status = cluster.status()
+        (job,) = [j for j in status.jobs if j.job_id == first[0]]
+        _until(
+            "the job to run",
+            lambda: any(j.state == "RUNNING" and j.end_time for j in cluster.status().jobs),
+        )
+        client = cluster.client()
+        try:
+            before = set(client.run(job_placement))
+            futures = client.map(lambda x: (time.sleep(0.25), x * x)[1], range(120))
+            _until(
+                "the first job to be replaced",
+                lambda: first[0] not in cluster.record.job_ids,
+                timeout=75,
+            )
+            assert sum(client.gather(futures)) == sum(i * i for i in range(120))
+            cluster.wait_for_workers(1, timeout=30)
+            after = set(client.run(job_placement))
+            assert before.isdisjoint(after)  # a new worker, in the new job
+        finally:
+            client.close()
+        assert cluster.status().connected >= 1
+        assert "recomputed" not in cluster.logs()  # the retiring worker handed its results over
+    finally:
+        cluster.stop()
+    del job
+
+
+def test_killed_supervisor_jobs_are_cancelled_by_list(slurm: Any, state_dir: Path) -> None:
+    import os
+    import signal
+
+    cluster = ctrlstack.launch("slurm-cpu", name="orphan", workers=2)
+    jobs = list(cluster.record.job_ids)
+    assert len(jobs) == 2
+    supervisor = cluster.record.supervisor
+    assert supervisor is not None
+    os.kill(supervisor.pid, signal.SIGKILL)
+    _until("the supervisor to die", lambda: supervisor.process() is None, 10)
+    assert sorted(slurm.queue()) == sorted(jobs)  # nothing cancelled them yet
+    listed = ctrlstack.clusters()
+    assert [(s.name, s.state) for s in listed] == [("orphan", "dead")]
+    assert slurm.wait_empty(10) == []
+    assert ctrlstack.clusters() == []

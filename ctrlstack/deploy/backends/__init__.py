@@ -17,6 +17,7 @@ __all__ = ["BACKENDS", "Backend", "BackendReport", "backend_class"]
 BACKENDS: dict[str, str] = {
     "local": "ctrlstack.deploy.backends.local:LocalBackend",
     "slurm": "ctrlstack.deploy.backends.slurm:SlurmBackend",
+    "pbs": "ctrlstack.deploy.backends.pbs:PBSBackend",
 }
 
 

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +56,11 @@ logger = logging.getLogger("ctrlstack.slurm")
 STATUS_GRACE = 60.0
 #: Lines of a failed job's log shown in the status.
 TAIL_LINES = 20
+#: Longest lead time for a walltime replacement: it is submitted this long (at most half of the
+#: job's useful time) before the old job's workers retire, so that the target holds across it.
+REPLACE_LEAD = 120.0
+#: How long the first job of a scale-up waits for the others to join its array (seconds).
+ARRAY_GATHER = 0.02
 #: Placeholder scheduler address in ``ctrlstack script`` output and ``--test-only`` checks.
 PLACEHOLDER = "tls://SCHEDULER-ADDRESS:PORT"
 
@@ -81,41 +86,47 @@ def _tail(path: str | None, lines: int = TAIL_LINES) -> str | None:
     return "\n".join(text.splitlines()[-lines:]) or None
 
 
-def run_batch(argv: list[str], *, what: str, timeout: float = 30) -> _proc.CommandResult:
+def run_batch(
+    argv: list[str],
+    *,
+    what: str,
+    rejection: Callable[[str], str | None] = S.is_rejection,
+    scheduler: str = "Slurm",
+    timeout: float = 30,
+) -> _proc.CommandResult:
     """Run a batch command; a refusal is a :class:`SubmitError`, anything else a failure."""
     try:
         return _proc.run(argv, timeout=timeout)
     except _proc.CommandError as exc:
-        reason = S.is_rejection(exc.stderr) if exc.returncode is not None else None
+        reason = rejection(exc.stderr) if exc.returncode is not None else None
         if reason is not None:
-            raise SubmitError(f"Slurm refused the {what}: {reason}") from None
+            raise SubmitError(f"{scheduler} refused the {what}: {reason}") from None
         raise BatchCommandFailed(str(exc)) from None
 
 
-class CtrlstackSlurmJob(SLURMJob):
-    """One Slurm job running ``ctrlstack worker``: dask-jobqueue's Job with ctrlstack's script,
-    submission through :mod:`ctrlstack._proc`, and errors reported to the backend."""
+class _CtrlstackJob:
+    """What ctrlstack changes in a dask-jobqueue ``Job``: its script, submission and
+    cancellation through the backend (and :mod:`ctrlstack._proc`), errors reported."""
 
-    def __init__(
-        self, scheduler: Any = None, name: Any = None, *, backend: SlurmBackend, **kwargs: Any
-    ) -> None:
+    backend: SlurmBackend
+    name: Any
+    scheduler: Any
+    job_id: str | None
+    status: Status
+
+    def _setup(self, backend: SlurmBackend, kwargs: dict[str, Any]) -> dict[str, Any]:
         opts = backend.opts
         kwargs.update(cores=opts.cores, memory=opts.memory, processes=opts.workers_per_job)
-        kwargs.pop("python", None)
-        super().__init__(scheduler=scheduler, name=name, python=opts.python, **kwargs)
+        kwargs["python"] = opts.python
         self.backend = backend
+        return kwargs
 
     def job_script(self) -> str:
         return self.backend.job_script(str(self.scheduler or PLACEHOLDER), str(self.name))
 
     async def start(self) -> None:
-        script = self.backend.script_path(str(self.name))
-        script.write_text(self.job_script())
         try:
-            result = await asyncio.to_thread(
-                run_batch, S.sbatch_argv(str(script)), what=f"job {self.name}"
-            )
-            self.job_id = S.parse_sbatch(result.stdout)
+            self.job_id = await self.backend.submit_job(str(self.name), str(self.scheduler))
         except Exception as exc:
             self.status = Status.failed
             self.backend.submit_failed(str(self.name), exc)
@@ -127,8 +138,39 @@ class CtrlstackSlurmJob(SLURMJob):
         if self.job_id and self.status != Status.closed:
             self.backend.cancelling(self.job_id)
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(_proc.run, S.scancel_argv([self.job_id]), check=False)
+                argv = self.backend.cancel_argv([self.job_id])
+                await asyncio.to_thread(_proc.run, argv, check=False)
         self.status = Status.closed
+
+
+class CtrlstackSlurmJob(_CtrlstackJob, SLURMJob):
+    """One Slurm job running ``ctrlstack worker``."""
+
+    def __init__(
+        self, scheduler: Any = None, name: Any = None, *, backend: SlurmBackend, **kwargs: Any
+    ) -> None:
+        kwargs = self._setup(backend, kwargs)
+        SLURMJob.__init__(self, scheduler=scheduler, name=name, **kwargs)
+
+
+class RetiringJobQueueCluster(JobQueueCluster):
+    """dask-jobqueue's cluster, retiring workers *by name* before their job is cancelled.
+
+    ``SpecCluster`` asks the scheduler to retire the jobs it drops (scale-down, walltime) by
+    passing spec names as worker *addresses*, which match nothing: the job is then cancelled with
+    its workers' results still on them, and the scheduler recomputes them.  Retiring the job's
+    workers by name first moves their data to the remaining workers.
+    """
+
+    async def _correct_state_internal(self) -> None:
+        to_close = set(self.workers) - set(self.worker_spec)
+        scheduler = self.scheduler
+        if to_close and scheduler is not None and self.scheduler_comm is not None:
+            per_job = int(self._job_kwargs.get("processes") or 1)
+            names = [w for job in to_close for w in worker_names(str(job), per_job)]
+            with contextlib.suppress(Exception):
+                await self.scheduler_comm.retire_workers(names=names, close_workers=True)
+        await super()._correct_state_internal()
 
 
 class SlurmBackend(Backend):
@@ -148,6 +190,8 @@ class SlurmBackend(Backend):
         self._submitted: list[str] = []  # every job id, for clean-up
         self._errors: list[JobStatus] = []  # submissions that failed
         self._status_failed_since: float | None = None
+        self._replaced: set[str] = set()  # job ids whose walltime replacement was submitted
+        self._pending: list[tuple[str, asyncio.Future[str]]] = []  # jobs to submit together
         self._sacct = True
 
     # ------------------------------------------------------------------ paths and script
@@ -175,7 +219,7 @@ class SlurmBackend(Backend):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return directory / f"{name}.sh"
 
-    def job_script(self, scheduler: str, name: str, *, array: int | None = None) -> str:
+    def job_script(self, scheduler: str, name: str) -> str:
         """The exact script submitted for job ``name`` (``ctrlstack script`` prints it)."""
         return S.job_script(
             self.opts,
@@ -183,9 +227,73 @@ class SlurmBackend(Backend):
             name=name,
             credentials=self.credentials_dir,
             log_directory=self.log_directory,
-            array=array,
             cluster=self.cluster_name,
         )
+
+    # ------------------------------------------------------------------ submission
+    #: Whether several jobs of one scale-up may go out as one array (``slurm.array``).
+    array_supported: ClassVar[bool] = True
+
+    async def submit_job(self, name: str, scheduler: str) -> str:
+        """Submit job ``name``; jobs asked for in the same moment (one scale-up) go out as one
+        ``sbatch --array`` when the profile allows, each getting its task's id (``123_4``)."""
+        loop = asyncio.get_running_loop()
+        if not (self.opts.array and self.array_supported):
+            return await asyncio.to_thread(self._submit_one, name, scheduler)
+        future: asyncio.Future[str] = loop.create_future()
+        self._pending.append((name, future))
+        if len(self._pending) == 1:
+            # Every Job of one _correct_state starts in the same loop iteration: collect them.
+            loop.call_later(ARRAY_GATHER, lambda: asyncio.ensure_future(self._flush(scheduler)))
+        return await future
+
+    def _submit_one(self, name: str, scheduler: str) -> str:
+        script = self.script_path(name)
+        script.write_text(self.job_script(scheduler, name))
+        return self.submit(str(script), name)
+
+    async def _flush(self, scheduler: str) -> None:
+        batch, self._pending = self._pending, []
+        names = [name for name, _ in batch]
+        try:
+            if len(names) == 1:
+                ids = [await asyncio.to_thread(self._submit_one, names[0], scheduler)]
+            else:
+                ids = await asyncio.to_thread(self._submit_array, names, scheduler)
+        except Exception as exc:  # noqa: BLE001 - every waiting job gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), job_id in zip(batch, ids, strict=True):
+            if not future.done():
+                future.set_result(job_id)
+
+    def _submit_array(self, names: list[str], scheduler: str) -> list[str]:
+        script = self.script_path(f"{names[0]}-array{len(names)}")
+        script.write_text(
+            S.job_script(
+                self.opts,
+                scheduler=scheduler,
+                name=names[0],
+                credentials=self.credentials_dir,
+                log_directory=self.log_directory,
+                cluster=self.cluster_name,
+                array_names=names,
+            )
+        )
+        array_id = self.submit(str(script), f"array of {len(names)} jobs")
+        return [f"{array_id}_{i}" for i in range(len(names))]
+
+    # ------------------------------------------------------------------ scheduler commands
+    def submit(self, script: str, name: str) -> str:
+        """Submit ``script``; the job id (raises :class:`SubmitError` with Slurm's message)."""
+        result = run_batch(S.sbatch_argv(script), what=f"job {name}")
+        return S.parse_sbatch(result.stdout)
+
+    @staticmethod
+    def cancel_argv(job_ids: Sequence[str]) -> list[str]:
+        return S.scancel_argv(job_ids)
 
     def job_log(self, job_id: str) -> str:
         """Path of a job's stdout/stderr file (``ctrlstack logs NAME --job ID``)."""
@@ -234,7 +342,7 @@ class SlurmBackend(Backend):
             from ctrlstack.deploy.procs import hostname
 
             scheduler_options["host"] = hostname()
-        cluster = JobQueueCluster(
+        cluster = RetiringJobQueueCluster(
             n_workers=workers,
             job_cls=self.job_cls,  # type: ignore[arg-type]  # dask-jobqueue annotates an instance
             security=self.security,
@@ -414,6 +522,37 @@ class SlurmBackend(Backend):
             ):
                 old.log_tail = _tail(old.log)
         await self._replace_ended([j for j in ids if self._jobs[j].state in S.FINISHED])
+        await self._walltime(now)
+
+    async def _walltime(self, now: float) -> None:
+        """Hold the target across walltime ends: submit a replacement ``lead`` seconds before a
+        job's workers must retire, then retire them (``retire-before`` seconds before the end)
+        by taking the job out of the plan, which makes Dask move their data first."""
+        cluster = self.cluster
+        if cluster is None or cluster.status in (Status.closing, Status.closed):
+            return
+        opts = self.opts
+        lead = min(REPLACE_LEAD, (opts.walltime - opts.retire_before) / 2)
+        changed = False
+        for job_id, status in list(self._jobs.items()):
+            name = self._names.get(job_id)
+            if status.state != "RUNNING" or status.end_time is None or name is None:
+                continue
+            if name not in cluster.worker_spec:
+                continue
+            left = status.end_time - now
+            if left <= opts.retire_before + lead and job_id not in self._replaced:
+                logger.info("job %s ends in %.0f s: submitting its replacement", job_id, left)
+                self._replaced.add(job_id)
+                cluster.worker_spec.update(cluster.new_worker_spec())
+                changed = True
+            if left <= opts.retire_before:
+                logger.info("job %s ends in %.0f s: retiring its workers", job_id, left)
+                cluster.worker_spec.pop(name, None)
+                self._cancelled.add(job_id)
+                changed = True
+        if changed:
+            await cluster._correct_state()
 
     def _note_connected(self) -> None:
         cluster = self.cluster
@@ -467,7 +606,11 @@ class SlurmBackend(Backend):
         ids = list(job_ids)
         if not ids:
             return
-        _proc.run(S.scancel_argv(ids), timeout=30, check=False)
+        _proc.run(cls.cancel_argv(ids), timeout=30, check=False)
+        cls._wait_gone(ids, wait)
+
+    @staticmethod
+    def _wait_gone(ids: list[str], wait: float) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:

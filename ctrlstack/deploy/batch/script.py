@@ -16,8 +16,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["CREDENTIALS_ENV", "WorkerCommand", "render_script"]
+if TYPE_CHECKING:
+    from .options import BatchOptions
+
+__all__ = ["CREDENTIALS_ENV", "WorkerCommand", "batch_script", "render_script", "worker_command"]
 
 #: Where ``ctrlstack worker`` finds the cluster's TLS credentials (a directory path).
 CREDENTIALS_ENV = "CTRLSTACK_CREDENTIALS"
@@ -129,4 +133,49 @@ def render_script(
         prologue="".join(line + "\n" for line in pre),
         exports="\n".join(exports),
         command=shlex.join(command),
+    )
+
+
+def worker_command(opts: BatchOptions, *, scheduler: str, name: str) -> WorkerCommand:
+    """``ctrlstack worker`` for one job of ``opts``; workers retire ``retire-before`` seconds
+    before the walltime ends."""
+    return WorkerCommand(
+        python=opts.python,
+        scheduler=scheduler,
+        name=name,
+        workers=opts.workers_per_job,
+        threads=opts.threads,
+        task_threads=opts.task_threads,
+        policy=opts.policy,
+        smt=opts.smt,
+        memory_limit=opts.worker_memory_limit(),
+        death_timeout=opts.death_timeout,
+        lifetime=float(opts.walltime - opts.retire_before),
+        interface=opts.interface,
+        local_directory=opts.local_directory,
+        resources=opts.resources,
+    )
+
+
+def batch_script(
+    opts: BatchOptions,
+    *,
+    directive_prefix: str,
+    directives: Sequence[str],
+    scheduler: str,
+    name: str,
+    credentials: str,
+    cluster: str = "",
+) -> str:
+    """The whole job script of one job: directives, site prologue, then ``ctrlstack worker``."""
+    return render_script(
+        directive_prefix=directive_prefix,
+        directives=directives,
+        skip=opts.skip_directives,
+        prologue=opts.prologue,
+        modules=opts.modules,
+        env={CREDENTIALS_ENV: credentials},
+        command=worker_command(opts, scheduler=scheduler, name=name).argv(),
+        cluster=cluster or name,
+        workers=opts.workers_per_job,
     )

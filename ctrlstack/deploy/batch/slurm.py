@@ -15,6 +15,7 @@ local time, which is what slurmctld and the login node share in practice.
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -284,45 +285,37 @@ def job_script(
     name: str,
     credentials: str,
     log_directory: str,
-    array: int | None = None,
     cluster: str = "",
+    array_names: Sequence[str] | None = None,
 ) -> str:
     """The exact script sbatch gets: directives, site prologue, then ``ctrlstack worker``.
 
-    For an array, each task's workers are named ``<name>_<task>`` (``$SLURM_ARRAY_TASK_ID``), the
-    one place where the script expands a variable, and only a Slurm-set integer.
+    With ``array_names`` it is one ``--array=0-<n-1>`` job whose task *i* runs the workers of job
+    ``array_names[i]`` (dask-jobqueue's name for it): the names are a quoted bash array, indexed
+    by ``$SLURM_ARRAY_TASK_ID`` — an integer Slurm sets — the only expansion in the script.
     """
-    from .script import WorkerCommand, render_script
+    from .script import batch_script
 
-    command = WorkerCommand(
-        python=opts.python,
-        scheduler=scheduler,
-        name=name if array is None else f"{name}_ARRAYTASK",
-        workers=opts.workers_per_job,
-        threads=opts.threads,
-        task_threads=opts.task_threads,
-        policy=opts.policy,
-        smt=opts.smt,
-        memory_limit=opts.worker_memory_limit(),
-        death_timeout=opts.death_timeout,
-        lifetime=float(opts.walltime - opts.retire_before),
-        interface=opts.interface,
-        local_directory=opts.local_directory,
-        resources=opts.resources,
-    )
-    from .script import CREDENTIALS_ENV
-
-    text = render_script(
+    token = "CTRLSTACK_ARRAY_TASK_NAME"
+    cluster = cluster or name
+    text = batch_script(
+        opts,
         directive_prefix="#SBATCH",
-        directives=directives(opts, log_directory=log_directory, array=array),
-        skip=opts.skip_directives,
-        prologue=opts.prologue,
-        modules=opts.modules,
-        env={CREDENTIALS_ENV: credentials},
-        command=command.argv(),
-        cluster=cluster or name,
-        workers=opts.workers_per_job,
+        directives=directives(
+            opts,
+            log_directory=log_directory,
+            array=None if array_names is None else len(array_names),
+        ),
+        scheduler=scheduler,
+        name=name if array_names is None else token,
+        credentials=credentials,
+        cluster=cluster,
     )
-    if array is not None:
-        text = text.replace(f"{name}_ARRAYTASK", f"{name}_${{SLURM_ARRAY_TASK_ID}}")
-    return text
+    if array_names is None:
+        return text
+    names = " ".join(shlex.quote(n) for n in array_names)
+    head, _, command = text.rpartition("\nexec ")
+    command = command.replace(
+        f" --name {token} ", ' --name "${CTRLSTACK_NAMES[$SLURM_ARRAY_TASK_ID]}" '
+    )
+    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"
