@@ -10,25 +10,54 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
+# The prebuilt JupyterLab extension (src/ -> ctrlstack/labextension/), rebuilt when a source changes.
+LABEXT := ctrlstack/labextension/package.json
+LABEXT_SRC := package.json package-lock.json tsconfig.json $(wildcard src/*.ts src/*/*.ts style/*)
 # A second venv with ctrlstack's base install only (`pip install .`: no extras, not editable).
 MIN_VENV  := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 
-.PHONY: lab test setup lint typecheck pytest test-minimal bench clean chp hub-env
+.PHONY: lab test setup labextension browser-deps lint typecheck pytest test-minimal bench clean chp hub-env
 
-setup: $(STAMP)
+setup: $(STAMP) $(LABEXT)
 
+# On a fresh checkout the wheel build hook (hatch-jupyter-builder) builds the lab extension
+# during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# node_modules is cached in the checkout (gitignored): `npm ci` runs only when the lockfile changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# Rebuild the extension when a source changes (jupyter-builder comes with JupyterLab in the venv).
+$(LABEXT): node_modules/.package-lock.json $(LABEXT_SRC) | $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" npm run build:prod
+
+labextension: $(LABEXT)
+
+# Browser tests drive Debian's chromium through Playwright (no browser download).
+browser-deps:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+		else echo "browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+
+# JupyterLab on the quickstart notebook with the ctrlstack sidebar (the URL below opens it).
 lab: setup
-	$(BIN)/jupyter lab notebooks/quickstart.ipynb --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) \
+	@token=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))'); \
+	echo ""; \
+	echo "    Open http://127.0.0.1:$(LAB_PORT)/lab/tree/quickstart.ipynb?token=$$token"; \
+	echo ""; \
+	exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) \
+		--ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/quickstart.ipynb \
+		--ServerApp.token=$$token --ServerApp.port_retries=0 \
 		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-test: setup lint typecheck pytest test-minimal
+test: setup browser-deps lint typecheck pytest test-minimal
 
 lint: setup
 	$(BIN)/ruff check ctrlstack tests benchmarks scripts/slurm
@@ -76,4 +105,5 @@ bench: setup
 	$(BIN)/python benchmarks/hub_spawn.py
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache lib tsconfig.tsbuildinfo \
+		ctrlstack/labextension

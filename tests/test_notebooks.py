@@ -33,6 +33,11 @@ def test_quickstart_runs(state_dir: Path) -> None:
     assert "mean of x @ x.T" in text  # the computation ran
     assert "crowding: OK" in text  # every worker thread inside its own slot
     assert ctrlstack.clusters() == []  # the notebook stopped its cluster
+    bundles = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    widgets = [b for b in bundles if "application/vnd.jupyter.widget-view+json" in b]
+    assert len(widgets) >= 4  # ClusterView (twice), TopologyView, Launcher
+    assert all("text/html" in b for b in widgets)  # each with its HTML fallback
+    assert any('data-cpu="0"' in b["text/html"] for b in widgets)  # the topology map
 
 
 def test_ops_notebook_runs() -> None:
