@@ -136,6 +136,14 @@ def test_pinning_takes_the_first_cores_of_the_job():
     assert pin_cpus([0, 1], 2, "none") is None
 
 
+def test_lab_extension_is_enabled_where_it_can_run():
+    from ctrlstack.hub.singleuser import lab_extension_config
+
+    path = lab_extension_config()  # this venv has distributed and jupyter_server
+    assert path is not None
+    assert (Path(path) / "jupyter_server_config.d" / "ctrlstack.json").exists()
+
+
 def test_entry_point_is_declared():
     data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     spawners = data["project"]["entry-points"]["jupyterhub.spawners"]

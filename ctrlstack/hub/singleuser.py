@@ -46,6 +46,23 @@ def pin_cpus(allowed: Sequence[int], cores: int, policy: str) -> list[int] | Non
     return sorted(allowed)[: max(1, cores)]
 
 
+def lab_extension_config() -> str | None:
+    """The directory that enables ctrlstack's server extension, when it can run here.
+
+    A wheel install puts ``jupyter_server_config.d/ctrlstack.json`` under ``sys.prefix`` itself;
+    a source checkout on ``PYTHONPATH`` has it in ``jupyter-config/``, which is added to
+    ``JUPYTER_CONFIG_PATH`` — only when the extension's dependencies import in this
+    environment, so a lean user environment still starts a plain server.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    if any(importlib.util.find_spec(m) is None for m in ("distributed", "jupyter_server")):
+        return None
+    here = Path(__file__).resolve().parents[2] / "jupyter-config"
+    return str(here) if (here / "jupyter_server_config.d" / "ctrlstack.json").exists() else None
+
+
 def report(url: str, token: str, ip: str, port: int, timeout: float = 10.0) -> None:
     body = json.dumps({"ip": ip, "port": port}).encode()
     request = urllib.request.Request(
@@ -75,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cpus = pin_cpus(sorted(os.sched_getaffinity(0)), args.cores, args.policy)
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
+    extension = lab_extension_config()
+    if extension:
+        paths = [extension, *filter(None, env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep))]
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
     for name in THREAD_VARS:
         env.setdefault(name, str(args.cores))
     port = free_port(ip)
