@@ -106,12 +106,18 @@ async def count_polls(kind: str, jobs: list[str], path: str, count: Path, period
             sp.get_env = lambda env=env: dict(env)  # no hub object in this bare loop
             sp.load_state({"job_id": job, "job_status": ""})
         spawners.append(sp)
-    await asyncio.gather(*(sp.poll() for sp in spawners))
-    count.write_text("")
-    for _ in range(3):
+    # batchspawner runs its squeue with the hub's own environment (env=None): PATH it is.
+    saved = os.environ["PATH"]
+    os.environ["PATH"] = path
+    try:
         await asyncio.gather(*(sp.poll() for sp in spawners))
-        await asyncio.sleep(period)
-    calls = len(count.read_text().split())
+        count.write_text("")
+        for _ in range(3):  # every spawner polls once per period, for three periods
+            await asyncio.gather(*(sp.poll() for sp in spawners))
+            await asyncio.sleep(period)
+        calls = len(count.read_text().splitlines())
+    finally:
+        os.environ["PATH"] = saved
     if kind == "ctrlstack":
         await spawners[0]._service().close()
     return calls
