@@ -208,6 +208,11 @@ class StackSpawner(Spawner):
     def _options_form_default(self) -> Any:
         return lambda spawner: spawner.render_options_form()
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        # JupyterHub's hook for user_options: errors here become HTTP 400 before start().
+        return lambda spawner, options: spawner.job_request()
+
     @default("slurm_env")
     def _slurm_env_default(self) -> dict[str, str]:
         keep = ("PATH", "SLURM_CONF", "LANG")
@@ -522,9 +527,13 @@ class StackSpawner(Spawner):
             prefix = self._prefix(account)
         except SpawnFailed:
             prefix = []
-        result = await self._run([*prefix, *slurm.scancel_argv([self.job_id])], self.slurm_env)
-        if result.returncode != 0:
-            self.log.warning("scancel %s: %s", self.job_id, result.stderr.strip())
+        try:
+            result = await self._run([*prefix, *slurm.scancel_argv([self.job_id])], self.slurm_env)
+        except _proc.CommandError as exc:  # timed out: the controller does not answer
+            self.log.warning("scancel %s: %s", self.job_id, exc)
+        else:
+            if result.returncode != 0:
+                self.log.warning("scancel %s: %s", self.job_id, result.stderr.strip())
         self._service().unwatch(self.job_id)
 
     def get_state(self) -> dict[str, Any]:
