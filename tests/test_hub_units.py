@@ -213,3 +213,25 @@ def test_missing_job_is_gone_only_after_the_grace():
 
     assert asyncio.run(main(60)) == "UNKNOWN"
     assert asyncio.run(main(0)) == "FAILED"
+
+
+def test_progress_yields_every_message_until_ready():
+    sp = StackSpawner(user=types.SimpleNamespace(name="x", groups=[]))
+
+    async def main():
+        sp._emit("job 1 submitted", 10)
+        sp._emit("queued: Resources — estimated start 12:00:00", 20)
+
+        async def later():
+            await asyncio.sleep(0.05)
+            sp._emit("connecting to the server at 127.0.0.1:1", 80)
+            sp._emit("server ready", 100)
+
+        task = asyncio.ensure_future(later())
+        events = [e async for e in sp.progress()]
+        await task
+        return events
+
+    events = asyncio.run(main())
+    assert [e["progress"] for e in events] == [10, 20, 80, 100]
+    assert events[1]["message"].startswith("queued: Resources")
