@@ -586,7 +586,10 @@ def log_retention() -> tuple[int, int]:
     """``(keep-per-name, keep-total)`` of ``ctrlstack.logs``: how many supervisor logs to keep."""
     packaged = _DEFAULTS[NAMESPACE]["logs"]
     live = _section().get("logs", {})
-    live = live if isinstance(live, Mapping) else {}
+    # DASK_CTRLSTACK__LOGS__KEEP_PER_NAME arrives as "keep_per_name".
+    live = (
+        {str(k).replace("_", "-"): v for k, v in live.items()} if isinstance(live, Mapping) else {}
+    )
     out = []
     for key in ("keep-per-name", "keep-total"):
         value = live.get(key, packaged[key])
