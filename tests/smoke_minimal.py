@@ -289,6 +289,16 @@ def _() -> None:
     cli("profiles", expect=r"(?m)^local\s+backend=local")
 
 
+@check("ctrlstack script")
+def _() -> None:
+    cli("script", "slurm-cpu", expect=r"(?m)^#SBATCH --partition=debug$")
+
+
+@check("ctrlstack worker")
+def _() -> None:  # outside a job, without credentials: one clear line, exit 2
+    cli("worker", "tls://127.0.0.1:1", "--name", "x", code=2)
+
+
 try:
 
     @check("ctrlstack launch")

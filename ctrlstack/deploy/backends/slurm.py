@@ -165,7 +165,8 @@ class RetiringJobQueueCluster(JobQueueCluster):
     async def _correct_state_internal(self) -> None:
         to_close = set(self.workers) - set(self.worker_spec)
         scheduler = self.scheduler
-        if to_close and scheduler is not None and self.scheduler_comm is not None:
+        closing = self.status in (Status.closing, Status.closed)  # stop: nothing to hand over
+        if to_close and not closing and scheduler is not None and self.scheduler_comm is not None:
             per_job = int(self._job_kwargs.get("processes") or 1)
             names = [w for job in to_close for w in worker_names(str(job), per_job)]
             with contextlib.suppress(Exception):
