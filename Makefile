@@ -12,14 +12,15 @@ LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 # The prebuilt JupyterLab extension (src/ -> ctrlstack/labextension/), rebuilt when a source changes.
 LABEXT := ctrlstack/labextension/package.json
+LABEXT_LINK := $(VENV)/share/jupyter/labextensions/ctrlstack
 LABEXT_SRC := package.json package-lock.json tsconfig.json $(wildcard src/*.ts src/*/*.ts style/*)
 # A second venv with ctrlstack's base install only (`pip install .`: no extras, not editable).
 MIN_VENV  := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 
-.PHONY: lab test setup labextension browser-deps lint typecheck pytest test-minimal bench clean chp hub-env
+.PHONY: lab test setup labextension labextension-link browser-deps lint typecheck pytest test-minimal bench clean chp hub-env
 
-setup: $(STAMP) $(LABEXT)
+setup: $(STAMP) $(LABEXT) labextension-link
 
 # On a fresh checkout the wheel build hook (hatch-jupyter-builder) builds the lab extension
 # during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
@@ -36,9 +37,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 # Rebuild the extension when a source changes (jupyter-builder comes with JupyterLab in the venv).
 $(LABEXT): node_modules/.package-lock.json $(LABEXT_SRC) | $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" npm run build:prod
+	PATH="$(abspath $(BIN)):$$PATH" npm run build:prod
 
-labextension: $(LABEXT)
+# The editable install copied the extension into the venv; a link keeps that copy current.
+labextension-link: $(STAMP) $(LABEXT)
+	@test -L $(LABEXT_LINK) || { rm -rf $(LABEXT_LINK); ln -s $(CURDIR)/ctrlstack/labextension $(LABEXT_LINK); }
+
+labextension: $(LABEXT) labextension-link
 
 # Browser tests drive Debian's chromium through Playwright (no browser download).
 browser-deps:

@@ -101,6 +101,10 @@ export class CtrlstackAPI {
     });
   }
 
+  forget(name: string): Promise<IClusterStatus> {
+    return this.post<IClusterStatus>(`clusters/${encodeURIComponent(name)}/forget`, {});
+  }
+
   async stop(name: string): Promise<void> {
     await this.request<null>(`clusters/${encodeURIComponent(name)}`, { method: 'DELETE' });
   }

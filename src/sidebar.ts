@@ -41,6 +41,7 @@ export class CtrlstackSidebar extends Widget {
       scale: (name, n) => this.act(`scale ${name}`, () => model.api.scale(name, n)),
       adapt: (name, lo, hi) => this.act(`adapt ${name}`, () => model.api.adapt(name, lo, hi)),
       stop: name => this.act(`stop ${name}`, () => model.api.stop(name)),
+      forget: name => this.act(`forget ${name}`, () => model.api.forget(name)),
       insert: name => options.insertSnippet(name),
       logs: name => void this.showLogs(name),
       dashboardUrl: dashboard => model.api.dashboardUrl(dashboard)

@@ -34,6 +34,7 @@ ROUTES = [
     ("POST", "clusters/x/scale"),
     ("POST", "clusters/x/adapt"),
     ("GET", "clusters/x/logs"),
+    ("POST", "clusters/x/forget"),
     ("GET", "topology"),
 ]
 
@@ -262,3 +263,18 @@ def test_outside_clusters_appear_and_survive_a_restart(tmp_path: Path) -> None:
         status, _ = second.request("DELETE", f"{API}/clusters/outside")
         second.stop()
     assert status == 204
+
+
+def test_broken_record_is_listed_and_forgotten(server: LabServer) -> None:
+    records = server.state_dir / "clusters"
+    records.mkdir(parents=True, exist_ok=True)
+    (records / "wreck.json").write_text("{truncated")
+    rows = server.request("GET", f"{API}/clusters")[1]
+    wreck = next(r for r in rows if r["name"] == "wreck")
+    assert wreck["state"] == "broken"
+    assert wreck["message"]
+    status, reply = server.request("POST", f"{API}/clusters/wreck/forget")
+    assert status == 200, reply
+    assert not (records / "wreck.json").exists()
+    assert server.request("GET", f"{API}/clusters")[1] == []
+    assert server.request("POST", f"{API}/clusters/wreck/forget")[0] == 404

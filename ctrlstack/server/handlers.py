@@ -130,6 +130,13 @@ class AdaptHandler(_Base):
         self.send(await self.manager.adapt(name, self.body()))
 
 
+class ForgetHandler(_Base):
+    @tornado.web.authenticated
+    @_reported
+    async def post(self, name: str) -> None:
+        self.send(await self.manager.forget(name))
+
+
 class LogsHandler(_Base):
     @tornado.web.authenticated
     @_reported
@@ -154,5 +161,6 @@ def routes(prefix: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/clusters/{NAME}/scale", ScaleHandler),
         (f"{prefix}/clusters/{NAME}/adapt", AdaptHandler),
         (f"{prefix}/clusters/{NAME}/logs", LogsHandler),
+        (f"{prefix}/clusters/{NAME}/forget", ForgetHandler),
         (f"{prefix}/topology", TopologyHandler),
     ]

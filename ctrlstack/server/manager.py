@@ -162,6 +162,15 @@ class ClusterManager:
         self._status.put(name, status)
         return status.to_dict()
 
+    async def forget(self, name: str) -> dict[str, Any]:
+        """Drop the record of a broken, dead or unreachable cluster (409 while it runs)."""
+        _check_name(name)
+        try:
+            return (await self._run(self._slow, _forget, name)).to_dict()
+        finally:
+            self._status.forget(name)
+            self._rows.forget()
+
     async def stop(self, name: str) -> None:
         _check_name(name)
         try:
@@ -272,6 +281,10 @@ def _scale(name: str, n: int) -> ClusterStatus:
 
 def _adapt(name: str, minimum: int, maximum: int | None) -> ClusterStatus:
     return as_status(_api().get(name).adapt(minimum=minimum, maximum=maximum))
+
+
+def _forget(name: str) -> ClusterStatus:
+    return as_status(_api().forget(name))
 
 
 def _stop(name: str) -> None:

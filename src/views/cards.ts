@@ -12,6 +12,7 @@ export interface ICardActions {
   scale(name: string, workers: number): void;
   adapt(name: string, minimum: number, maximum: number | null): void;
   stop(name: string): void;
+  forget(name: string): void;
   insert(name: string): void;
   logs(name: string): void;
   dashboardUrl(dashboard: string | null): string | null;
@@ -104,7 +105,8 @@ export class ClusterCards {
         h('a', { className: 'ctrlstack-dashboard jp-mod-styled', target: '_blank', rel: 'noopener' }, 'Dashboard'),
         button('Connect', 'ctrlstack-insert', () => this.actions.insert(name)),
         button('Log', 'ctrlstack-logs', () => this.actions.logs(name)),
-        button('Stop', 'jp-mod-warn ctrlstack-stop', () => this.actions.stop(name))
+        button('Stop', 'jp-mod-warn ctrlstack-stop', () => this.actions.stop(name)),
+        button('Forget', 'ctrlstack-forget', () => this.actions.forget(name))
       )
     );
     card.append(body, controls);
@@ -166,9 +168,14 @@ export class ClusterCards {
       link.removeAttribute('href');
       link.style.display = 'none';
     }
+    // A record that cannot be stopped (broken, dead, unreachable) can only be forgotten.
+    const gone = ['broken', 'dead', 'unreachable'].includes(c.state);
+    card.querySelector<HTMLElement>('.ctrlstack-forget')!.style.display = gone ? '' : 'none';
+    card.querySelector<HTMLElement>('.ctrlstack-stop')!.style.display = gone ? 'none' : '';
     const live = c.state === 'running';
     card.querySelectorAll<HTMLButtonElement>('.ctrlstack-card-controls button').forEach(b => {
-      b.disabled = !live && !b.classList.contains('ctrlstack-stop') && !b.classList.contains('ctrlstack-logs');
+      const always = ['ctrlstack-stop', 'ctrlstack-logs', 'ctrlstack-forget'].some(k => b.classList.contains(k));
+      b.disabled = !live && !always;
     });
   }
 
