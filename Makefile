@@ -18,7 +18,7 @@ LABEXT_SRC := package.json package-lock.json tsconfig.json $(wildcard src/*.ts s
 MIN_VENV  := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 
-.PHONY: lab test setup labextension labextension-link browser-deps lint typecheck pytest test-minimal bench clean
+.PHONY: lab test setup labextension labextension-link browser-deps lint typecheck pytest test-minimal bench clean chp hub-env
 
 setup: $(STAMP) $(LABEXT) labextension-link
 
@@ -71,7 +71,23 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+# The JupyterHub tests (marker hub) need configurable-http-proxy and a Python the test's Unix
+# users can execute (the venv's may live under root's 0700 home): see docs/hub.md.
+CHP := ci/chp/node_modules/.bin/configurable-http-proxy
+HUB_USER_ENV ?= /var/tmp/ctrlstack-hub-userenv
+
+chp: $(CHP)
+
+$(CHP): ci/chp/package.json
+	cd ci/chp && npm install --no-audit --no-fund
+	touch $(CHP)
+
+hub-env:
+	test -x $(HUB_USER_ENV)/bin/python || /usr/bin/python3 -m venv $(HUB_USER_ENV)
+	$(HUB_USER_ENV)/bin/python -c 'import jupyterhub, jupyter_server, batchspawner' 2>/dev/null || \
+		$(HUB_USER_ENV)/bin/python -m pip install --quiet jupyterhub jupyter_server batchspawner
+
+pytest: setup chp hub-env
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 # The venv is rebuilt from scratch when pyproject.toml changes (so nothing but the base install's
@@ -91,6 +107,7 @@ test-minimal: $(MIN_STAMP)
 bench: setup
 	$(BIN)/python benchmarks/cluster.py
 	$(BIN)/python benchmarks/ops.py
+	$(BIN)/python benchmarks/hub_spawn.py
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache lib tsconfig.tsbuildinfo \

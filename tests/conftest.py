@@ -44,4 +44,4 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 # The real single-node Slurm for tests marked `slurm` (fixtures `slurm`, `slurm_session`).
-pytest_plugins = ["slurm_plugin"]
+pytest_plugins = ["slurm_plugin", "hub_plugin"]
