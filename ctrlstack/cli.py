@@ -478,5 +478,12 @@ def _wait_script(child: Any, grace: float = 10.0) -> int:
     return 128 - code if code < 0 else code
 
 
+# Stacks, kernels and runs live in their own module (docs/stacks.md).
+from ctrlstack import cli_stacks
+
+for _command in (cli_stacks.stack, cli_stacks.kernels, cli_stacks.submit, cli_stacks.runs):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

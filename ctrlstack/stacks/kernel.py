@@ -40,6 +40,8 @@ def kernel_slot(machine: Machine, threads: int | None, *, job: bool) -> Slot:
     if threads is None and job:
         cores = len(plan(machine, workers=None, threads=1, policy="core").slots)
         return plan(machine, workers=1, threads=cores, policy="l3").slots[0]
+    if threads is None:  # the first slot of an auto plan: one L3 domain's worth of cores
+        return plan(machine, workers=None, threads=None, policy="l3").slots[0]
     return plan(machine, workers=1, threads=threads, policy="l3").slots[0]
 
 

@@ -10,9 +10,11 @@ it from the running installation (see there).  Everything here is pure except :f
 from __future__ import annotations
 
 import importlib.metadata
+import pathlib
 import re
 import shutil
 import sys
+import tomllib
 from collections.abc import Iterable
 
 from ctrlstack import _proc
@@ -32,7 +34,14 @@ def canonical(name: str) -> str:
 
 
 def ctrlstack_requirements() -> list[str]:
-    """ctrlstack's runtime requirements (no extras), from the running installation's metadata."""
+    """ctrlstack's runtime requirements (no extras): from the source checkout's pyproject.toml
+    when running from one (the code that gets installed), else the installation's metadata."""
+    from .build import ctrlstack_source
+
+    source = ctrlstack_source()
+    if not source.startswith("ctrlstack=="):
+        with open(pathlib.Path(source) / "pyproject.toml", "rb") as fh:
+            return list(tomllib.load(fh)["project"]["dependencies"])
     requires = importlib.metadata.requires("ctrlstack") or []
     return [r for r in requires if "extra ==" not in r and "extra==" not in r]
 
@@ -49,7 +58,7 @@ def lock_input(stack: Stack, extra: Iterable[str] = ()) -> str:
 
 def uv_path() -> str | None:
     """``uv`` beside the running Python (a venv's ``bin``) or on ``PATH``; ``None`` if absent."""
-    beside = shutil.which("uv", path=str(__import__("pathlib").Path(sys.executable).parent))
+    beside = shutil.which("uv", path=str(pathlib.Path(sys.executable).parent))
     return beside or shutil.which("uv")
 
 
