@@ -75,17 +75,9 @@ def build_steps(
         interpreter = _base_python() if stack.python == _running_minor() else stack.python
         return [
             [uv, "venv", "--quiet", "--allow-existing", "--python", interpreter, str(prefix)],
-            [
-                uv,
-                "pip",
-                "sync",
-                "--quiet",
-                "--python",
-                python,
-                "--require-hashes",
-                "--compile-bytecode",
-                lock,
-            ],
+            # No --compile-bytecode: compiling every module of numba/numpy/scipy costs minutes
+            # on a busy node; Python compiles what a kernel or worker imports, once, instead.
+            [uv, "pip", "sync", "--quiet", "--python", python, "--require-hashes", lock],
             [uv, "pip", "install", "--quiet", "--python", python, "--no-deps", *editable],
         ]
     if tool == "pip":

@@ -129,7 +129,13 @@ def check_client(client: Any, cluster: str | None = None) -> list[Mismatch]:
     if mode == "ignore":
         return []
     extra = [p for p in PACKAGES if p != "python"]
-    found = compare(client.get_versions(packages=extra))
+    versions = client.get_versions(packages=extra)
+    mine = versions.get("client", {}).get("packages", {})
+    if mine.get("ctrlstack") is None:  # a source checkout on sys.path has no metadata
+        from ctrlstack import __version__
+
+        mine["ctrlstack"] = __version__
+    found = compare(versions)
     if found:
         text = message(found, cluster)
         if mode == "error":
