@@ -123,18 +123,32 @@ def _mode() -> str:
     return str(mode)
 
 
+def ctrlstack_version() -> str:
+    """``ctrlstack.__version__`` of the calling process (run remotely by :func:`_add_ctrlstack`)."""
+    from ctrlstack import __version__
+
+    return __version__
+
+
+def _add_ctrlstack(client: Any, versions: dict[str, Any]) -> None:
+    """ctrlstack's version on every side, from the imported module rather than package
+    metadata: a source checkout on ``sys.path`` has none, and it is the code that runs."""
+    versions.setdefault("client", {}).setdefault("packages", {})["ctrlstack"] = ctrlstack_version()
+    scheduler = client.run_on_scheduler(ctrlstack_version)
+    versions.setdefault("scheduler", {}).setdefault("packages", {})["ctrlstack"] = scheduler
+    for address, version in client.run(ctrlstack_version, on_error="ignore").items():
+        if isinstance(version, str) and address in versions.get("workers", {}):
+            versions["workers"][address].setdefault("packages", {})["ctrlstack"] = version
+
+
 def check_client(client: Any, cluster: str | None = None) -> list[Mismatch]:
     """Compare versions over ``client`` and warn, raise or stay silent as configured."""
     mode = _mode()
     if mode == "ignore":
         return []
-    extra = [p for p in PACKAGES if p != "python"]
+    extra = [p for p in PACKAGES if p not in ("python", "ctrlstack")]
     versions = client.get_versions(packages=extra)
-    mine = versions.get("client", {}).get("packages", {})
-    if mine.get("ctrlstack") is None:  # a source checkout on sys.path has no metadata
-        from ctrlstack import __version__
-
-        mine["ctrlstack"] = __version__
+    _add_ctrlstack(client, versions)
     found = compare(versions)
     if found:
         text = message(found, cluster)
