@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--stack", default="tiny")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--skip-builds", action="store_true", help="kernel start only")
     args = parser.parse_args()
     stack = _stack(args.stack)
     out: dict[str, Any] = {
@@ -82,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         builds: dict[str, float] = {}
-        for tool in ("uv", "pip"):
+        for tool in () if args.skip_builds else ("uv", "pip"):
             if not args.skip_cold:
                 builds[f"{tool} cold"] = build_time(stack, tool, True, root)
             build_time(stack, tool, False, root)  # fill the cache

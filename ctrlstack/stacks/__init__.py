@@ -10,6 +10,18 @@ lock parsing), :mod:`.build` (venv from the lock, idempotent), :mod:`.check` (dr
 
 from __future__ import annotations
 
-from .model import Stack, StackError, get_stack, stacks
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Stack", "StackError", "get_stack", "stacks"]
+
+if TYPE_CHECKING:
+    from .model import Stack, StackError, get_stack, stacks
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the kernel launcher (``ctrlstack.stacks.kernel``) must not pay for the model's
+    # imports on every kernel start.
+    if name in __all__:
+        return getattr(importlib.import_module(".model", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
