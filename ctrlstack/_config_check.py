@@ -1,10 +1,10 @@
 """Validate profile data against ``ctrlstack-schema.yaml`` with messages people can act on.
 
-Pure: reads only the two packaged YAML files and never touches ``dask.config`` or the disk
-otherwise.  :mod:`ctrlstack.config` is the public face; this module holds the parts that need no
-Dask: schema loading, schema -> English (:func:`describe`), translation of ``jsonschema`` errors
-into :class:`ConfigError`, and the rules JSON Schema cannot state (cross-field limits,
-``parse_bytes`` strings).
+Pure: never touches ``dask.config``, and reads only the two packaged YAML files (plus, to quote
+its problem in one line, a Dask config file that Dask found malformed).  :mod:`ctrlstack.config`
+is the public face; this module holds the parts that need no Dask: schema loading, schema ->
+English (:func:`describe`), translation of ``jsonschema`` errors into :class:`ConfigError`, and
+the rules JSON Schema cannot state (cross-field limits, ``parse_bytes`` strings).
 
 Every message has the shape ``profile 'p': field 'f' = value is not allowed; expected <what>``
 (``choose one of ...`` for enums), where ``<what>`` is generated from the schema keywords, so the
@@ -19,6 +19,8 @@ import difflib
 import functools
 import importlib.resources
 import json
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "builtin_profile",
     "describe",
     "field_error",
+    "malformed_file_error",
     "normalise_profile",
     "packaged_defaults",
     "profile_key",
@@ -43,6 +46,7 @@ __all__ = [
     "validate_backend_options",
     "validate_profile",
     "validate_section",
+    "with_source",
 ]
 
 NAMESPACE = "ctrlstack"
@@ -95,7 +99,9 @@ class ConfigError(UserError):
 
     ``profile``, ``field`` (dotted YAML path such as ``adapt.minimum``) and ``value`` identify what
     was wrong and ``allowed`` says, in words, what would have been accepted, so that a REST handler
-    or a form can point at the field without parsing the message.
+    or a form can point at the field without parsing the message.  ``source`` says where a value
+    read from ``dask.config`` was set: a config file's path, ``environment variable DASK_...`` or
+    ``dask.config.set()`` (``None`` for values passed in directly, such as overrides).
     """
 
     def __init__(
@@ -106,12 +112,92 @@ class ConfigError(UserError):
         field: str | None = None,
         value: Any = None,
         allowed: str | None = None,
+        source: str | None = None,
     ) -> None:
         super().__init__(message)
         self.profile = profile
         self.field = field
         self.value = value
         self.allowed = allowed
+        self.source = source
+
+
+def with_source(error: ConfigError, source: str | None) -> ConfigError:
+    """``error`` with `` (from <source>)`` appended: a user who cannot find the bad value in any
+    file they know of is stuck, so every error about a configured value says where it was set."""
+    if source is None or error.source is not None:
+        return error
+    return ConfigError(
+        f"{error} (from {source})",
+        profile=error.profile,
+        field=error.field,
+        value=error.value,
+        allowed=error.allowed,
+        source=source,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _mark(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(path: str) -> str | None:
+    """What is wrong with the Dask config file ``path``, read as Dask reads it, in one line.
+
+    PyYAML's own message spans five lines with a source excerpt and a caret; the problem and its
+    line/column are what a user needs to find it.  ``None`` if the file reads fine now.
+    """
+    try:
+        with open(path) as f:  # Dask opens config files with the locale's encoding, too
+            data = yaml.safe_load(f.read())
+    except yaml.MarkedYAMLError as exc:
+        text = exc.problem or "invalid YAML"
+        if exc.problem_mark is not None:
+            text += f" at {_mark(exc.problem_mark)}"
+        if exc.context:
+            context = exc.context + (f" at {_mark(exc.context_mark)}" if exc.context_mark else "")
+            text += f" ({context})"
+        return f"not valid YAML: {_one_line(text)}"
+    except (yaml.YAMLError, OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError
+        return f"not readable as YAML: {_one_line(str(exc))}"
+    if data is not None and not isinstance(data, dict):
+        return f"not a mapping at the top level (it is a {type(data).__name__})"
+    return None
+
+
+_DASK_MALFORMED = re.compile(r"A dask config file at (?P<path>'[^\n]*?'|\"[^\n]*?\") is malformed")
+
+
+def malformed_file_error(exc: ValueError) -> ConfigError | None:
+    """Dask's "config file is malformed" ``ValueError`` as a one-line ConfigError, else None.
+
+    Dask raises it while ``import dask`` runs, with the YAML parser's multi-line message; the
+    error names the file, the problem with its line and column, and the way out.
+    """
+    import ast
+
+    found = _DASK_MALFORMED.search(str(exc))
+    if found is None:
+        return None
+    path = str(ast.literal_eval(found.group("path")))
+    problem = _yaml_problem(path) or "malformed (it reads fine now: was it being edited?)"
+    if os.environ.get("DASK_CONFIG") == path:
+        way_out = "fix it, or point DASK_CONFIG elsewhere"
+    else:
+        way_out = (
+            f"fix it, or move it out of {os.path.dirname(path) or '.'} (Dask reads every "
+            "*.yaml, *.yml and *.json file there)"
+        )
+    return ConfigError(
+        f"Dask config file {path} is {problem}; {way_out}",
+        value=path,
+        allowed="a YAML file holding a mapping",
+        source=path,
+    )
 
 
 def _where(profile: str | None) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -112,23 +114,41 @@ def run(
     return result
 
 
-def _death_signal(sig: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that asks the kernel for ``sig`` when the parent dies (PR_SET_PDEATHSIG).
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-    If the parent died before the prctl took effect, the child would never get the signal: it
-    then exits at once (its parent pid is no longer the spawner's).
+
+def _parent_death_hook(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get ``sig`` when the spawning thread dies.
+
+    Everything that can fail or allocate much (loading libc, resolving ``prctl``, checking the
+    signal) happens here, in the parent; between fork and exec the child only calls ``prctl`` and
+    ``getppid``, so the hook cannot deadlock on a lock another thread held at fork time.
+
+    The race: if the parent dies after the fork but before ``prctl``, no signal will ever come,
+    because the child has already been reparented.  ``getppid()`` then differs from the pid
+    recorded here, and the child delivers ``sig`` to itself (or exits 1 should ``sig`` be ignored)
+    instead of running on as an orphan.
     """
+    if not sys.platform.startswith("linux"):
+        raise NotImplementedError(
+            f"parent_death_signal needs Linux (prctl PR_SET_PDEATHSIG); this is {sys.platform}"
+        )
+    number = int(signal.Signals(sig))  # ValueError for a number that is no signal
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
     parent = os.getpid()
 
-    def preexec() -> None:
-        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(128 + sig)
+    def hook() -> None:
+        if prctl(_PR_SET_PDEATHSIG, number, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), number)
+            os._exit(1)
 
-    return preexec
+    return hook
 
 
 def spawn(
@@ -149,10 +169,16 @@ def spawn(
     notebook kernel or a Jupyter server, and lets us signal the whole group later.  ``stdin`` is
     closed (``DEVNULL``) by default so a daemon never competes for the terminal; pass ``None`` to
     let a foreground child (``ctrlstack run``'s script) read the caller's stdin.
-    ``parent_death_signal`` (Linux): the signal the child gets when this process dies, even by
-    SIGKILL, so it is never left running reparented to init.
+
+    ``parent_death_signal`` (Linux only, ``NotImplementedError`` elsewhere): the kernel sends this
+    signal to the child when the caller dies, even by SIGKILL, which no cleanup code of the
+    caller survives, so a foreground child (``ctrlstack run``'s script) never runs on orphaned.
+    It fires when the *thread* that called ``spawn`` exits (a prctl rule), so call it from a
+    thread that lives as long as the child should, e.g. the main thread.  It is not inherited by
+    the child's own children, and it is cleared when the child executes a set-user-ID program.
     """
     args = _check_argv(argv)
+    hook = None if parent_death_signal is None else _parent_death_hook(parent_death_signal)
     logger.debug("spawn %s", args)
     try:
         return subprocess.Popen(
@@ -164,8 +190,9 @@ def spawn(
             pass_fds=tuple(pass_fds),
             start_new_session=new_session,
             cwd=cwd,
-            # prctl + getppid only, prepared before the fork: nothing that takes a lock.
-            preexec_fn=None if parent_death_signal is None else _death_signal(parent_death_signal),  # noqa: PLW1509
+            preexec_fn=hook,  # noqa: PLW1509 - the hook only calls prctl/getppid; see above
         )
     except OSError as exc:
         raise CommandError(args, None, "", str(exc)) from exc
+    except subprocess.SubprocessError as exc:  # the hook failed in the child
+        raise CommandError(args, None, "", f"{exc}: {exc.__cause__ or exc.__context__}") from exc

@@ -148,6 +148,16 @@ class Cluster:
         env["CTRLSTACK_CLUSTER"] = self.name
         return env
 
+    def attach(self, pid: int) -> None:
+        """Make local process ``pid`` stop with this ephemeral cluster's owner: if the owner dies,
+        the supervisor gives it a grace period, then kills it (``ctrlstack run``'s script)."""
+        from ctrlstack.deploy.procs import ProcessId
+
+        ident = ProcessId.of(pid)
+        if ident is None:
+            raise ClusterNotFoundError(f"process {pid} does not run")
+        self._call("ctrlstack_companion", process=ident.to_dict())
+
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         self.client().wait_for_workers(n, timeout=timeout)
 

@@ -443,17 +443,20 @@ def run(profile: str | None, script: str, args: tuple[str, ...], **overrides: An
 
     name = f"run-{os.getpid()}"
     with api.cluster(profile, name=name, **_overrides(**overrides)):
-        env = {**os.environ, **api.get(name).dask_env()}
+        handle = api.get(name)
+        env = {**os.environ, **handle.dask_env()}
         # stdin=None: the script reads our stdin (`ctrlstack run job.py < data` works).
         child = _proc.spawn(
             [sys.executable, script, *args], env=env, stdin=None, stdout=None, stderr=None,
             parent_death_signal=signal.SIGTERM,
         )  # fmt: skip
-        code = _wait_script(child)
+        code = _wait_script(child, attach=handle.attach)
     sys.exit(code)
 
 
-def _wait_script(child: Any, grace: float = 10.0) -> int:
+def _wait_script(
+    child: Any, grace: float = 10.0, attach: Callable[[int], None] | None = None
+) -> int:
     """Wait for ``ctrlstack run``'s script; its exit status in shell convention (128 + signal).
 
     If we are interrupted (SIGTERM turned into SystemExit, Ctrl-C, anything), the script gets
@@ -464,6 +467,10 @@ def _wait_script(child: Any, grace: float = 10.0) -> int:
     import subprocess
 
     try:
+        if attach is not None:
+            # If we are killed outright, the kernel sends the script SIGTERM (parent-death
+            # signal); the supervisor kills it if it still runs after a grace period.
+            attach(child.pid)
         code: int = child.wait()
     except BaseException:
         if child.poll() is None:
@@ -487,3 +494,9 @@ for _command in (cli_stacks.stack, cli_stacks.kernels, cli_stacks.submit, cli_st
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from ctrlstack.cli_batch import script as _script
+from ctrlstack.cli_batch import worker as _worker
+
+main.add_command(_script)
+main.add_command(_worker)

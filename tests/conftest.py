@@ -41,3 +41,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+# The real single-node Slurm for tests marked `slurm` (fixtures `slurm`, `slurm_session`).
+pytest_plugins = ["slurm_plugin"]

@@ -280,7 +280,8 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(api, "cluster", cluster)
     env = {"DASK_SCHEDULER_ADDRESS": "tls://127.0.0.1:1", "CTRLSTACK_CLUSTER": "fake"}
-    monkeypatch.setattr(api, "get", lambda name: SimpleNamespace(dask_env=lambda: env))
+    handle = SimpleNamespace(dask_env=lambda: env, attach=lambda pid: events.append("attached"))
+    monkeypatch.setattr(api, "get", lambda name: handle)
     return events
 
 
@@ -289,7 +290,7 @@ def test_run_exits_with_the_scripts_status(fake_cluster: list[str], tmp_path: Pa
     script.write_text("import os, sys; assert os.environ['DASK_SCHEDULER_ADDRESS']; sys.exit(3)\n")
     result = invoke("run", str(script))
     assert result.exit_code == 3
-    assert fake_cluster == ["stopped"]
+    assert fake_cluster == ["attached", "stopped"]
 
 
 def test_run_reports_a_killed_script_in_shell_convention(
@@ -299,7 +300,7 @@ def test_run_reports_a_killed_script_in_shell_convention(
     script.write_text("import os, signal; os.kill(os.getpid(), signal.SIGTERM)\n")
     result = invoke("run", str(script))
     assert result.exit_code == 128 + signal.SIGTERM  # not 256 - 15
-    assert fake_cluster == ["stopped"]
+    assert fake_cluster == ["attached", "stopped"]
 
 
 def test_run_interrupted_does_not_leave_the_script_running(
@@ -327,7 +328,7 @@ def test_run_interrupted_does_not_leave_the_script_running(
     result = CliRunner().invoke(cli.main, ["run", str(script)])
     timer.join()
     assert result.exit_code != 0
-    assert fake_cluster == ["stopped"]
+    assert fake_cluster == ["attached", "stopped"]
     pid = int(pidfile.read_text())
     with contextlib.suppress(psutil.NoSuchProcess):
         assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "script still running"

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def test_spec_fields_match_schema_profile_fields() -> None:
 def test_packaged_defaults_survive_refresh() -> None:
     refresh()
     assert dask.config.get("ctrlstack.default-profile") == "local"
-    assert config.profile_names() == ["local"]
+    assert config.profile_names() == ["local", "pbs-cpu", "slurm-cpu"]
     spec = get_profile()
     assert spec.profile == "local"
     assert spec.to_dict() == {
@@ -176,7 +176,7 @@ def test_user_yaml_adds_a_profile_with_defaults_filled_in(tmp_path: Path) -> Non
         """,
     )
     refresh(tmp_path)
-    assert config.profile_names() == ["big", "local"]
+    assert config.profile_names() == ["big", "local", "pbs-cpu", "slurm-cpu"]
     big = get_profile("big")
     assert (big.workers, big.threads, big.memory_limit) == (4, 8, "16 GiB")
     assert big.env == {"OMP_PROC_BIND": "close"}
@@ -230,13 +230,14 @@ def test_message_names_profile_field_value_and_choices() -> None:
         get_profile("local")
     assert str(info.value) == (
         "profile 'local': field 'policy' = 'l4' is not allowed; "
-        "choose one of l3, numa, socket, core, none"
+        "choose one of l3, numa, socket, core, none (from dask.config.set() in this process)"
     )
     assert (info.value.profile, info.value.field, info.value.value) == ("local", "policy", "l4")
+    assert info.value.source == "dask.config.set() in this process"
 
 
 BAD_FIELDS = [
-    ("backend", "slurm", "backend", "one of local"),
+    ("backend", "condor", "backend", "one of local, slurm, pbs"),
     ("workers", 0, "workers", "an integer >= 1 or 'auto'"),
     ("workers", "many", "workers", "an integer >= 1 or 'auto'"),
     ("threads", 2.5, "threads", "an integer >= 1 or 'auto'"),
@@ -333,7 +334,10 @@ def test_unknown_profile_lists_known_profiles_and_sources() -> None:
 
 def test_unknown_default_profile_says_where_the_name_came_from() -> None:
     configure({"ctrlstack.default-profile": "gone"})
-    with pytest.raises(ConfigError, match=r"'gone' \(named by ctrlstack.default-profile\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'gone' \(named by ctrlstack.default-profile from dask.config.set\(\) in this",
+    ):
         get_profile()
 
 
@@ -579,3 +583,259 @@ def test_defaults_survive_a_config_block_entered_before_registration() -> None:
         assert get_profile("local").backend == "local"
     finally:
         dask.config.config["ctrlstack"] = saved
+
+
+# -------------------------------------------------------- bad config sources, named by file
+@pytest.fixture
+def dask_dirs(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make ``dirs`` Dask's config directories (as ``dask.config.paths``) and re-read them."""
+
+    def use(*dirs: Path) -> None:
+        paths = [str(d) for d in dirs]
+        monkeypatch.setattr(dask.config, "paths", paths)
+        dask.config.refresh(paths=paths)
+
+    return use
+
+
+def _check_all(expected_source: str, field: str) -> None:
+    """Every function that reads the section fails the same way, in one line."""
+    for call in (config.profile_names, get_profile, config.launch_timeout, config.state_dir):
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message
+        assert info.value.source == expected_source
+        assert message.endswith(f"(from {expected_source})"), message
+        assert info.value.field == field
+        assert f"field {field!r} = " in message
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "allowed"),
+    [
+        ("ctrlstack: [1, 2]\n", "ctrlstack", "expected a mapping of ctrlstack settings"),
+        ("ctrlstack:\n", "ctrlstack", "expected a mapping of ctrlstack settings"),
+        ("ctrlstack: {profiles: 5}\n", "ctrlstack.profiles", "a mapping of profile names"),
+        ("ctrlstack: {profiles: [a]}\n", "ctrlstack.profiles", "a mapping of profile names"),
+        ("ctrlstack: {default-profile: 7}\n", "ctrlstack.default-profile", "a non-empty string"),
+        ("ctrlstack: {launch-timeout: x}\n", "ctrlstack.launch-timeout", "a number > 0"),
+        ("ctrlstack: {launch_timeout: -1}\n", "ctrlstack.launch-timeout", "a number > 0"),
+        ("ctrlstack: {state-dir: 5}\n", "ctrlstack.state-dir", "a non-empty string or null"),
+    ],
+)
+def test_bad_section_in_a_file_is_named_with_the_file(
+    tmp_path: Path, dask_dirs: Callable[..., None], text: str, field: str, allowed: str
+) -> None:
+    site, user = tmp_path / "site", tmp_path / "user"
+    write_yaml(site, "a.yaml", "ctrlstack: {profiles: {big: {workers: 2}}}\n")
+    bad = write_yaml(user, "b.yaml", text)
+    write_yaml(user, "c.yaml", "distributed: {comm: {timeouts: {connect: 30s}}}\n")
+    dask_dirs(site, user)
+    _check_all(str(bad), field)
+    with pytest.raises(ConfigError, match=allowed):
+        config.profile_names()
+
+
+def test_the_file_holding_the_live_value_is_named(
+    tmp_path: Path, dask_dirs: Callable[..., None]
+) -> None:
+    """Two files set the key; the later one wins in Dask, so it is the one to fix."""
+    write_yaml(tmp_path / "site", "a.yaml", "ctrlstack: {launch-timeout: soon}\n")
+    user = write_yaml(tmp_path / "user", "a.yaml", "ctrlstack: {launch-timeout: later}\n")
+    dask_dirs(tmp_path / "site", tmp_path / "user")
+    _check_all(str(user), "ctrlstack.launch-timeout")
+    # ... and a good value in the later file overrides a bad one, as for any Dask setting.
+    write_yaml(tmp_path / "user", "a.yaml", "ctrlstack: {launch-timeout: 5}\n")
+    dask_dirs(tmp_path / "site", tmp_path / "user")
+    assert config.launch_timeout() == 5.0
+
+
+def test_bad_value_from_an_environment_variable_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, dask_dirs: Callable[..., None], tmp_path: Path
+) -> None:
+    write_yaml(tmp_path, "a.yaml", "ctrlstack: {launch-timeout: 5}\n")
+    monkeypatch.setenv("DASK_CTRLSTACK__LAUNCH_TIMEOUT", "whenever")
+    dask_dirs(tmp_path)
+    _check_all("environment variable DASK_CTRLSTACK__LAUNCH_TIMEOUT", "ctrlstack.launch-timeout")
+
+
+def test_bad_value_from_dask_config_set_is_named_as_such() -> None:
+    configure({"ctrlstack.profiles": 5})
+    _check_all("dask.config.set() in this process", "ctrlstack.profiles")
+
+
+def test_set_block_before_registration_still_heals_but_reports_bad_values() -> None:
+    """The self-healing re-adds the packaged defaults *under* what is set, never over it."""
+    saved = dask.config.config.pop("ctrlstack")
+    try:
+        with dask.config.set({"ctrlstack.launch-timeout": 7}):
+            assert config.launch_timeout() == 7.0
+            assert get_profile("local").backend == "local"
+        assert "ctrlstack" not in dask.config.config
+        with (
+            dask.config.set({"ctrlstack.profiles": 5}),
+            pytest.raises(ConfigError, match=r"'ctrlstack.profiles' = 5"),
+        ):
+            config.profile_names()
+    finally:
+        dask.config.config["ctrlstack"] = saved
+
+
+def test_profile_that_is_not_a_mapping_names_its_file(
+    tmp_path: Path, dask_dirs: Callable[..., None]
+) -> None:
+    bad = write_yaml(tmp_path, "p.yaml", "ctrlstack: {profiles: {big: 3, local: [1]}}\n")
+    dask_dirs(tmp_path)
+    assert config.profile_names() == ["big", "local", "pbs-cpu", "slurm-cpu"]  # no validation
+    for name in ("big", "local"):
+        with pytest.raises(ConfigError) as info:
+            get_profile(name)
+        assert str(info.value).startswith(f"profile {name!r}: expected a mapping of fields")
+        assert info.value.source == str(bad)
+        assert str(info.value).endswith(f"(from {bad})")
+
+
+def test_bad_profile_field_names_its_file_but_an_override_does_not(
+    tmp_path: Path, dask_dirs: Callable[..., None]
+) -> None:
+    bad = write_yaml(tmp_path, "p.yaml", "ctrlstack: {profiles: {big: {policy: l4}}}\n")
+    write_yaml(tmp_path, "q.yaml", "ctrlstack: {profiles: {big: {adapt: {minimum: 1}}}}\n")
+    dask_dirs(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        get_profile("big", adapt=None)
+    assert info.value.field == "policy"
+    assert info.value.source == str(bad)
+    with pytest.raises(ConfigError) as info:
+        get_profile("big", policy="core")
+    assert info.value.field == "adapt.maximum"  # missing: found through its parent
+    assert info.value.source == str(tmp_path / "q.yaml")
+    with pytest.raises(ConfigError) as info:
+        get_profile("local", policy="l5")
+    assert info.value.source is None
+    assert str(info.value).endswith("(from the override policy=...)")
+
+
+def test_unknown_default_profile_names_the_file(
+    tmp_path: Path, dask_dirs: Callable[..., None]
+) -> None:
+    bad = write_yaml(tmp_path, "p.yaml", "ctrlstack: {default-profile: bgi}\n")
+    dask_dirs(tmp_path)
+    with pytest.raises(
+        ConfigError, match=rf"'bgi' \(named by ctrlstack.default-profile from {bad}\)"
+    ):
+        get_profile()
+
+
+def test_relative_state_dir_names_its_file(tmp_path: Path, dask_dirs: Callable[..., None]) -> None:
+    bad = write_yaml(tmp_path, "p.yaml", "ctrlstack: {state-dir: relative/state}\n")
+    dask_dirs(tmp_path)
+    with pytest.raises(ConfigError, match="an absolute path") as info:
+        config.state_dir()
+    assert info.value.source == str(bad)
+
+
+def test_malformed_file_next_to_the_source_does_not_hide_it(
+    tmp_path: Path, dask_dirs: Callable[..., None]
+) -> None:
+    """A file that broke after Dask read it cannot hold the live value; it is skipped."""
+    bad = write_yaml(tmp_path, "a.yaml", "ctrlstack: {profiles: 5}\n")
+    later = write_yaml(tmp_path, "b.yaml", "x: 1\n")
+    dask_dirs(tmp_path)
+    later.write_text("x: [1\n")
+    _check_all(str(bad), "ctrlstack.profiles")
+
+
+# ------------------------------------------------------ malformed files at `import dask`
+def _import_config(dask_config: Path, code: str = "") -> subprocess.CompletedProcess[str]:
+    """``import ctrlstack.config`` in a fresh interpreter whose only extra config is ``dask_config``."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from ctrlstack._config_check import ConfigError
+        try:
+            import ctrlstack.config
+        except ConfigError as exc:
+            print("ConfigError:", exc)
+            print("source:", exc.source)
+            print("dask" in sys.modules, "ctrlstack.config" in sys.modules)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env["DASK_CONFIG"] = str(dask_config)
+    return subprocess.run(
+        [sys.executable, "-c", script + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_way_out(tmp_path: Path) -> None:
+    bad = write_yaml(tmp_path, "bad.yaml", "ctrlstack:\n  profiles: {a: [1, 2}\n")
+    result = _import_config(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"ConfigError: Dask config file {bad} is not valid YAML: expected ',' or ']', but got "
+        "'}' at line 2, column 22 (while parsing a flow sequence at line 2, column 17); fix it, "
+        f"or move it out of {tmp_path} (Dask reads every *.yaml, *.yml and *.json file there)"
+    )
+    assert lines[1] == f"source: {bad}"
+    assert lines[2] == "False False"  # neither half-imported module is left behind
+
+
+def test_file_that_is_not_a_mapping(tmp_path: Path) -> None:
+    bad = write_yaml(tmp_path, "list.yml", "- a\n- b\n")
+    result = _import_config(bad)  # DASK_CONFIG may name the file itself
+    assert result.stdout.splitlines()[0] == (
+        f"ConfigError: Dask config file {bad} is not a mapping at the top level (it is a list); "
+        "fix it, or point DASK_CONFIG elsewhere"
+    )
+
+
+def test_second_import_reports_again_then_works_once_fixed(tmp_path: Path) -> None:
+    """After the failed import, importing again gives the same error (not an AttributeError from
+    a half-imported dask), and once the file is fixed everything imports and works."""
+    bad = write_yaml(tmp_path, "bad.yaml", "ctrlstack: {profiles: [\n")
+    code = f"""
+        first = exc_text = None
+        try:
+            import ctrlstack.config
+        except ConfigError as exc:
+            exc_text = str(exc)
+        print("same error again:", exc_text is not None and "{bad}" in exc_text)
+        import os
+        os.rename("{bad}", "{bad}.off")
+        import ctrlstack.config as c
+        import dask, dask.typing, dask.config
+        print(dask.typing.__name__, c.get_profile().profile, dask.config.get("ctrlstack.launch-timeout"))
+        print(dask.delayed(sum)([1, 2, 3]).compute())
+        """
+    result = _import_config(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"ConfigError: Dask config file {bad} is not valid YAML")
+    assert lines[3:] == ["same error again: True", "dask.typing local 60", "6"]
+
+
+def test_bad_section_read_at_import_is_not_papered_over(tmp_path: Path) -> None:
+    """Registering the packaged defaults must not replace a file's ``ctrlstack: [1, 2]``."""
+    bad = write_yaml(tmp_path, "bad.yaml", "ctrlstack: {profiles: {local: 3}}\n")
+    code = """
+        try:
+            ctrlstack.config.get_profile("local")
+        except ConfigError as exc:
+            print(exc.source)
+        """
+    result = _import_config(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(bad)]
+
+
+def test_other_value_errors_are_not_mistaken_for_a_malformed_file() -> None:
+    from ctrlstack._config_check import malformed_file_error
+
+    assert malformed_file_error(ValueError("something else")) is None

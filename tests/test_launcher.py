@@ -23,9 +23,8 @@ import pytest
 
 from ctrlstack import _proc
 from ctrlstack.config import get_profile
-from ctrlstack.deploy import launcher
+from ctrlstack.deploy import launcher, lifecycle
 from ctrlstack.deploy.launcher import LaunchError, start_supervisor
-from ctrlstack.deploy import lifecycle
 from ctrlstack.deploy.procs import wait_gone
 from ctrlstack.deploy.registry import ClusterRecord, Registry
 from ctrlstack.errors import UserError

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ctrlstack import _proc
@@ -114,3 +117,99 @@ def test_spawn_new_session_and_stdin() -> None:
     sid, data = out.decode().split()
     assert int(sid) == proc.pid  # a session leader of its own
     assert data == "''"  # stdin is closed by default: a daemon never reads the terminal
+
+
+# ------------------------------------------------------------------- parent_death_signal
+PARENT = """
+import signal, sys, time
+from ctrlstack import _proc
+sig = None if sys.argv[1] == "none" else signal.SIGTERM
+child = _proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], parent_death_signal=sig)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie counts: whoever inherited it may not reap it at once)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _orphan_after_parent_killed(signal_name: str) -> tuple[int, bool]:
+    """Start PARENT, SIGKILL it once its child runs; (child pid, child gone within 3 s)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, signal_name], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert not _gone(child)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 3
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return child, _gone(child)
+
+
+def test_parent_death_signal_stops_the_child_when_the_parent_is_killed() -> None:
+    child, gone = _orphan_after_parent_killed("SIGTERM")
+    assert gone, f"child {child} survived its SIGKILLed parent"
+
+
+def test_without_parent_death_signal_the_child_is_orphaned() -> None:
+    """The control case: what the option fixes really happens without it."""
+    child, gone = _orphan_after_parent_killed("none")
+    try:
+        assert not gone
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(child).kill()
+
+
+RACE = """
+import os, signal, sys
+from ctrlstack import _proc
+if sys.argv[1] == "ignored":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+hook = _proc._parent_death_hook(signal.SIGTERM)
+os.getppid = lambda: 1  # as if the parent had died between fork and prctl
+hook()
+print("still running")
+"""
+
+
+@pytest.mark.parametrize(("mode", "returncode"), [("default", -15), ("ignored", 1)])
+def test_child_whose_parent_died_before_prctl_does_not_run_on(mode: str, returncode: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RACE, mode], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == returncode, result.stderr
+    assert "still running" not in result.stdout
+
+
+def test_parent_death_signal_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(NotImplementedError, match=r"needs Linux.*darwin"):
+        _proc.spawn([sys.executable, "-c", "pass"], parent_death_signal=signal.SIGTERM)
+
+
+def test_parent_death_signal_must_be_a_signal() -> None:
+    with pytest.raises(ValueError, match="999"):
+        _proc.spawn([sys.executable, "-c", "pass"], parent_death_signal=999)
+
+
+def test_parent_death_signal_leaves_normal_runs_alone() -> None:
+    proc = _proc.spawn(
+        [sys.executable, "-c", "print('hi')"],
+        stdout=subprocess.PIPE,
+        parent_death_signal=signal.SIGTERM,
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, b"hi\n")
+    with pytest.raises(CommandError, match="could not be started"):
+        _proc.spawn(["/nonexistent/ctrlstack-tool"], parent_death_signal=signal.SIGTERM)

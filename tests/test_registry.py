@@ -165,7 +165,7 @@ def test_a_stale_starting_reservation_can_be_reused(reg: Registry) -> None:
 
 def test_a_broken_record_holds_the_name_until_forgotten(reg: Registry) -> None:
     (reg.dir / "demo.json").write_text("{trunc")
-    with pytest.raises(NameTakenError, match="damaged record.*ctrlstack forget demo"):
+    with pytest.raises(NameTakenError, match=r"damaged record.*ctrlstack forget demo"):
         reserve(reg, ClusterRecord(name="demo", profile="new", backend="local"))
     assert (reg.dir / "demo.json").read_text() == "{trunc"
     lifecycle.forget(reg, "demo")
@@ -202,9 +202,7 @@ def test_two_takeovers_of_a_dead_name_cannot_both_win(reg: Registry) -> None:
 
     def attempt(reg: Registry, key: str) -> None:
         try:
-            reg.reserve(
-                ClusterRecord(name="demo", profile=key, backend="local"), judge_and_race
-            )
+            reg.reserve(ClusterRecord(name="demo", profile=key, backend="local"), judge_and_race)
             results[key] = "won"
         except NameTakenError:
             results[key] = "refused"
@@ -379,9 +377,7 @@ def test_a_broken_record_of_a_live_supervisor_is_found_through_its_pid_file(
 ) -> None:
     (reg.dir / "demo.json").write_text('{"name": "de')
     reg.make_cluster_dir("demo")
-    reg.write_pid_file(
-        "demo", {"supervisor": ProcessId.current().to_dict(), "pgid": os.getpgid(0)}
-    )
+    reg.write_pid_file("demo", {"supervisor": ProcessId.current().to_dict(), "pgid": os.getpgid(0)})
     (status,) = lifecycle.sweep(reg)
     assert status.state == "broken"
     assert status.pid == os.getpid()

@@ -113,11 +113,14 @@ def start_supervisor(
         if isinstance(replaced, ClusterRecord):
             # A dead cluster held the name: stop its leftovers and jobs (its record is gone).
             if replaced.local and replaced.supervisor is not None and replaced.pgid is not None:
-                procs.stop_group(replaced.pgid, since=replaced.created)
+                procs.stop_leftovers(replaced.pgid, since=replaced.created)
             lifecycle._cancel_jobs(replaced)
         shutil.rmtree(registry.cluster_dir(name), ignore_errors=True)  # a dead one's files
         registry.make_cluster_dir(name)
         Credentials.create(registry.tls_dir(name))
+        # Create this launch's log before pruning, so that it counts among the kept ones (it is
+        # protected as the reservation's log): pruning first left keep-per-name + 1 logs.
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         _prune_logs(registry)
         read_fd, write_fd = os.pipe()
         argv = [

@@ -184,7 +184,7 @@ def clean_up(registry: Registry, record: ClusterRecord) -> None:
     if not registry.remove(record.name, created=record.created):
         return  # a newer cluster took the name meanwhile: not ours to touch
     if record.local and record.supervisor is not None and record.pgid is not None:
-        procs.stop_group(record.pgid, since=record.created)
+        procs.stop_leftovers(record.pgid, since=record.created)
     _cancel_jobs(record)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "group_members",
     "hostname",
     "stop_group",
+    "stop_leftovers",
     "terminate",
     "wait_gone",
 ]
@@ -195,3 +196,20 @@ def stop_group(pgid: int, *, since: float, timeout: float = 5.0) -> int:
             proc.kill()
     wait_gone(alive, timeout)
     return len(procs)
+
+
+def stop_leftovers(pgid: int, *, since: float, timeout: float = 5.0) -> int:
+    """Stop what a *dead* supervisor left in its process group ``pgid`` (see :func:`stop_group`).
+
+    Refused (returns 0) while a live process leads group ``pgid``: the leader of a supervisor's
+    group (the launcher's short-lived intermediate, or a foreground supervisor) is gone once the
+    supervisor is dead, and Linux does not hand out a pid that is still in use as a group id.
+    A live leader therefore means the id was reused by an unrelated process group, which
+    ``since`` alone cannot rule out (it may have started after the record was written).
+    """
+    try:
+        if not gone(psutil.Process(pgid)):
+            return 0
+    except psutil.Error:
+        pass
+    return stop_group(pgid, since=since, timeout=timeout)

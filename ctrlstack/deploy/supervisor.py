@@ -60,6 +60,10 @@ WATCH_INTERVAL = 0.5
 #: How often it polls its backend and checks that its registry record is intact.
 POLL_INTERVAL = 2.0
 
+#: Seconds a companion process (``ctrlstack run``'s script) gets after its owner died before
+#: SIGKILL; the same grace ``ctrlstack run`` itself gives its script on SIGTERM.
+COMPANION_GRACE = 10.0
+
 
 async def _awaitable(result: Any) -> None:
     """Await what ``SpecCluster.close()`` returns in asynchronous mode (typed as optional)."""
@@ -108,6 +112,8 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.adapt_range: tuple[int, int] | None = None
         self._state = "starting"
+        #: Processes that must not outlive the owner (``ctrlstack run``'s script).
+        self.companions: list[procs.ProcessId] = []
 
     # ---------------------------------------------------------------- lifecycle
     def owner_gone(self) -> bool:
@@ -124,6 +130,7 @@ class Supervisor:
                 "ctrlstack_scale": self.handle_scale,
                 "ctrlstack_adapt": self.handle_adapt,
                 "ctrlstack_stop": self.handle_stop,
+                "ctrlstack_companion": self.handle_companion,
             }
         )
         if self.spec.adapt is not None:
@@ -155,6 +162,7 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
             if self.owner_gone():
                 logger.info("owner process %s is gone; stopping", self.owner)
+                await self._stop_companions()
                 break
             if self._scheduler_closed():
                 logger.info("scheduler closed; stopping")
@@ -170,6 +178,14 @@ class Supervisor:
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + POLL_INTERVAL
                 await self._poll()
+
+    async def _stop_companions(self) -> None:
+        """Stop companions that outlive the owner: they got SIGTERM from the kernel (parent-death
+        signal) when the owner died; whatever still runs after the grace is killed."""
+        alive = [p for p in (c.process() for c in self.companions) if p is not None]
+        if alive:
+            logger.info("stopping %d companion process(es) of the dead owner", len(alive))
+            await asyncio.to_thread(lambda: [procs.terminate(p, COMPANION_GRACE) for p in alive])
 
     async def _poll(self) -> None:
         """Refresh the backend's view and keep the record intact and current."""
@@ -300,6 +316,14 @@ class Supervisor:
         self.cluster.adapt(minimum=minimum, maximum=maximum)
         self.adapt_range = (minimum, maximum)
         self._update_record()
+
+    async def handle_companion(self, process: Any = None) -> dict[str, Any]:
+        """Register a process that must not outlive this ephemeral cluster's owner."""
+        ident = procs.ProcessId.from_dict(process)
+        if ident is None or not ident.local or ident.process() is None:
+            raise UserError(f"not a live process of this host with a full identity: {process!r}")
+        self.companions.append(ident)
+        return {"companions": len(self.companions)}
 
     async def handle_stop(self) -> dict[str, Any]:
         # Reply first, then stop: the caller's comm must not be torn down mid-answer.

@@ -16,6 +16,8 @@ __all__ = ["BACKENDS", "Backend", "BackendReport", "backend_class"]
 #: Built-in backends: profile ``backend`` value -> "module:Class".
 BACKENDS: dict[str, str] = {
     "local": "ctrlstack.deploy.backends.local:LocalBackend",
+    "slurm": "ctrlstack.deploy.backends.slurm:SlurmBackend",
+    "pbs": "ctrlstack.deploy.backends.pbs:PBSBackend",
 }
 
 

@@ -1,0 +1,172 @@
+"""``ctrlstack worker``: the node side of a batch job — plan here, start pinned workers, wait.
+
+Why plan on the node: only the node knows which CPUs the batch system gave the job (a cgroup
+cpuset, Slurm's binding, a site's ``taskset`` wrapper all end up in ``sched_getaffinity``), and
+the login node where the profile was resolved may have a different topology.  So the job runs
+this command with the *request* (workers × threads, pin policy) and the command plans it on
+:func:`~ctrlstack.topology.discover.discover`'s view of the job, exactly as
+:class:`~ctrlstack.deploy.local.PinnedLocalCluster` does for ``local``: one ``Nanny`` per plan
+slot with the slot's environment (thread counts, ``CTRLSTACK_CPUS``) and the
+``ctrlstack.topology.pin`` preload that pins every thread of the worker.
+
+TLS: the credentials directory comes from ``CTRLSTACK_CREDENTIALS`` (a path exported by the job
+script; the files are 0600 in the owner's 0700 directory) and is checked by
+:meth:`Credentials.load` before use.  Nothing secret is on the command line.
+
+Walltime: ``lifetime`` (seconds from now) is passed to distributed's worker ``lifetime``, which
+retires the worker gracefully — it stops taking tasks and hands its data to other workers —
+before the batch system kills the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctrlstack.deploy.batch.script import CREDENTIALS_ENV
+from ctrlstack.deploy.local import PRELOAD, SLOT_ENV
+from ctrlstack.errors import UserError
+from ctrlstack.topology.discover import discover, job_context
+from ctrlstack.topology.pin import worker_env
+from ctrlstack.topology.plan import Plan, plan
+
+__all__ = ["NodeRequest", "node_plan", "run_workers", "worker_names"]
+
+logger = logging.getLogger("ctrlstack.worker")
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What the job asks for; planned against the CPUs this process may use."""
+
+    scheduler: str
+    name: str
+    workers: int = 1
+    threads: int | None = None
+    task_threads: int | None = None
+    policy: str = "l3"
+    smt: bool = False
+    memory_limit: int | str = "auto"
+    death_timeout: float = 60.0
+    lifetime: float | None = None
+    interface: str | None = None
+    local_directory: str | None = None
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+
+def worker_names(name: str, workers: int) -> list[str]:
+    """Names dask-jobqueue expects for the workers of job ``name`` (its ``group`` suffixes)."""
+    return [name] if workers == 1 else [f"{name}-{i}" for i in range(workers)]
+
+
+def node_plan(request: NodeRequest) -> Plan:
+    """Plan ``request`` on this node's allowed CPUs (``PlanError`` if it does not fit)."""
+    return plan(
+        discover(),
+        workers=request.workers,
+        threads=request.threads,
+        policy=request.policy,
+        smt=request.smt,
+    )
+
+
+def _credentials_security(environ: Mapping[str, str]) -> Any:
+    from ctrlstack.deploy.security import Credentials
+
+    directory = environ.get(CREDENTIALS_ENV)
+    if not directory:
+        raise UserError(
+            f"{CREDENTIALS_ENV} is not set: ctrlstack worker needs the cluster's credentials "
+            "directory (the job script exports it)"
+        )
+    return Credentials.load(directory).security()
+
+
+async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = None) -> int:
+    """Start one pinned Nanny per slot, wait until all have exited; return an exit code."""
+    from distributed import Nanny
+
+    environ = os.environ if environ is None else environ
+    security = _credentials_security(environ)
+    layout = node_plan(request)
+    context = job_context()
+    logger.info(
+        "job %s: %d worker(s) × %d CPUs (policy %s) on CPUs %s",
+        environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or "?",
+        layout.workers,
+        layout.threads,
+        layout.policy,
+        context.get("affinity"),
+    )
+    for note in context.get("notes", []):
+        logger.warning("%s", note)
+    task_threads = request.task_threads or layout.threads
+    extra: dict[str, Any] = {}
+    if request.lifetime is not None:
+        extra["lifetime"] = max(1.0, request.lifetime)
+    if request.local_directory:
+        extra["local_directory"] = request.local_directory
+    if request.resources:
+        extra["resources"] = dict(request.resources)
+    nannies = []
+    for slot, name in zip(layout.slots, worker_names(request.name, layout.workers), strict=True):
+        env = worker_env(slot, task_threads, pin=layout.pinned)
+        env[SLOT_ENV] = str(slot.index)
+        nannies.append(
+            Nanny(
+                request.scheduler,
+                name=name,
+                nthreads=task_threads,
+                memory_limit=request.memory_limit,
+                security=security,
+                interface=request.interface,
+                protocol="tls",
+                env=env,
+                preload=[PRELOAD],
+                dashboard=False,
+                death_timeout=request.death_timeout,
+                silence_logs=logging.WARNING,
+                **extra,
+            )
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.gather(*(n.start() for n in nannies))
+        waiting: list[asyncio.Future[Any]] = [asyncio.ensure_future(n.finished()) for n in nannies]
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([*waiting, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            # One worker ended (lifetime, scheduler gone): wait for the others as well.
+            everyone: asyncio.Future[Any] = asyncio.gather(*waiting)
+            await asyncio.wait([everyone, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    finally:
+        for nanny in nannies:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nanny.close(), 10)
+    return 0
+
+
+def job_placement(dask_worker: Any = None) -> dict[str, Any]:
+    """Inside a batch worker (``client.run``): :func:`~ctrlstack.topology.pin.placement` plus the
+    job it runs in and the CPUs of the job's own process (the nanny, which is not pinned), so
+    that "every worker ⊆ its job, workers disjoint" can be checked from outside."""
+    import psutil
+
+    from ctrlstack.topology.cpuset import format_cpulist
+    from ctrlstack.topology.pin import placement
+
+    info = placement(dask_worker)
+    parent = psutil.Process().parent()
+    info["job_id"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    info["job_cpus"] = format_cpulist(parent.cpu_affinity()) if parent is not None else None
+    return info
