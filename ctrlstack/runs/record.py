@@ -56,9 +56,10 @@ class RunRecord:
 
     @property
     def output(self) -> str:
-        """The executed notebook (notebooks) — written also when a cell fails."""
-        suffix = ".ipynb" if self.kind == "notebook" else ".out"
-        return str(pathlib.Path(self.output_dir) / f"{self.stem}{suffix}")
+        """The executed notebook (written also when a cell fails); a script's output is its log."""
+        if self.kind != "notebook":
+            return self.log
+        return str(pathlib.Path(self.output_dir) / f"{self.stem}.ipynb")
 
     @property
     def log(self) -> str:
