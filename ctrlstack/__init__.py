@@ -29,6 +29,7 @@ _LAZY = {
     "ConfigError": "ctrlstack.config",
     "get_profile": "ctrlstack.config",
     "LaunchError": "ctrlstack.deploy.launcher",
+    "submit": "ctrlstack.runs.submit",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "launch",
     "plan",
     "stop",
+    "submit",
 ]
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     )
     from ctrlstack.config import ConfigError, get_profile
     from ctrlstack.deploy.launcher import LaunchError
+    from ctrlstack.runs.submit import submit
     from ctrlstack.topology.discover import discover
     from ctrlstack.topology.plan import PlanError, plan
 

@@ -33,6 +33,7 @@ from ctrlstack.deploy.launcher import start_supervisor
 from ctrlstack.deploy.lifecycle import ClusterNotFoundError
 from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, validate_name
 from ctrlstack.deploy.status import ClusterStatus
+from ctrlstack.stacks import versions
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -122,7 +123,9 @@ class Cluster:
 
         if self._client is None or self._client.status in ("closed", "closing"):
             kwargs.setdefault("security", self.security)
-            self._client = Client(self.address, **kwargs)
+            with versions.quiet_distributed():
+                self._client = Client(self.address, **kwargs)
+            versions.check_client(self._client, self.name)
         return self._client
 
     def scale(self, n: int) -> ClusterStatus:

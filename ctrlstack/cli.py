@@ -488,11 +488,20 @@ def _wait_script(
 
 
 def _register_commands() -> None:
-    """Commands kept in their own modules (batch scripts, the node-side worker)."""
+    """Commands kept in their own modules: batch scripts and the node-side worker
+    (docs/batch.md); stacks, kernels and runs (docs/stacks.md)."""
+    from ctrlstack import cli_stacks
     from ctrlstack.cli_batch import script, worker
 
-    main.add_command(script)
-    main.add_command(worker)
+    for command in (
+        script,
+        worker,
+        cli_stacks.stack,
+        cli_stacks.kernels,
+        cli_stacks.submit,
+        cli_stacks.runs,
+    ):
+        main.add_command(command)
 
 
 _register_commands()

@@ -138,6 +138,8 @@ class ClusterSpec:
     #: The backend's own section (``local:``, ``slurm:``, ...), YAML keys, merged over
     #: ``ctrlstack.backends.<backend>`` and validated against ``$defs/backend-options``.
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: Computing stack whose Python runs supervisor, scheduler and workers (``None``: ours).
+    stack: str | None = None
 
     def __post_init__(self) -> None:
         # Give worker_options one shape whoever built the spec, so that to_dict/from_dict round
@@ -233,6 +235,7 @@ def _spec_from_profile(
             "local_directory": options["local-directory"],
         },
         options=backend_options,
+        stack=full["stack"],
     )
 
 

@@ -19,7 +19,6 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, val
 from ctrlstack.deploy.security import Credentials
 from ctrlstack.deploy.status import ClusterStatus
 from ctrlstack.errors import Failure, UserError
+from ctrlstack.stacks.runtime import runtime
 
 __all__ = ["LaunchError", "check_spec", "start_supervisor"]
 
@@ -93,6 +93,7 @@ def start_supervisor(
     """Spawn the supervisor for ``name`` and return its ready report (the cluster status)."""
     validate_name(name)
     check_spec(spec, name)
+    python, env = runtime(spec.stack)  # the profile's stack runs supervisor and workers
     log_path = registry.new_log(name)
     reservation = ClusterRecord(
         name=name,
@@ -123,7 +124,7 @@ def start_supervisor(
         _prune_logs(registry)
         read_fd, write_fd = os.pipe()
         argv = [
-            sys.executable, "-m", "ctrlstack.deploy.supervisor",
+            python, "-m", "ctrlstack.deploy.supervisor",
             "--name", name,
             "--profile", spec.profile,
             "--spec", json.dumps(spec.to_dict()),
@@ -135,7 +136,9 @@ def start_supervisor(
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as log:
             spawned_at = time.time()
-            proc = _proc.spawn(argv, stdout=log, stderr=log, pass_fds=[write_fd], new_session=True)
+            proc = _proc.spawn(
+                argv, env=env, stdout=log, stderr=log, pass_fds=[write_fd], new_session=True
+            )
         os.close(write_fd)
         write_fd = -1
         report = _await_ready(read_fd, timeout, str(log_path))
