@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ctrlstack import api, cli
+from ctrlstack._config_check import packaged_defaults
 from ctrlstack.topology.cpuset import parse_cpulist
 from ctrlstack.topology.hwloc import from_hwloc_xml
 
@@ -156,13 +157,17 @@ def broken_profiles() -> Iterator[None]:
         yield
 
 
+#: The packaged profiles (the embedded default and the batch examples).
+PACKAGED = sorted(packaged_defaults()["ctrlstack"]["profiles"])
+
+
 def test_profiles_lists_the_good_ones_and_reports_each_broken_one(
     broken_profiles: None,
 ) -> None:
     result = invoke("profiles")
     assert result.exit_code == 2
     listed = [line.split()[0] for line in result.stdout.splitlines()]
-    assert listed == ["big", "local"]
+    assert listed == sorted(["big", *PACKAGED])
     errors = error_lines(result)
     assert len(errors) == 2
     assert all(line.startswith("error: ") for line in errors)
@@ -174,7 +179,7 @@ def test_profiles_lists_the_good_ones_and_reports_each_broken_one(
 def test_profiles_json_keeps_good_profiles_when_one_is_broken(broken_profiles: None) -> None:
     result = invoke("profiles", "--json")
     assert result.exit_code == 2
-    assert sorted(json.loads(result.stdout)) == ["big", "local"]
+    assert sorted(json.loads(result.stdout)) == sorted(["big", *PACKAGED])
     assert len(error_lines(result)) == 2
 
 
