@@ -31,13 +31,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import (
+from ctrlstack.ops._check import (
     as_real_array,
     check_positive_int,
     normalize_axis,
     row_segments,
 )
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
 

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import numba
 import numpy as np
 
+from ctrlstack.ops._check import as_real_array, split
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import as_real_array, split
 
 __all__ = ["histogram", "histogram2d"]
 

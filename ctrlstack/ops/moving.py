@@ -54,14 +54,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import (
+from ctrlstack.ops._check import (
     as_real_array,
     check_out,
     check_positive_int,
     normalize_axis,
     row_segments,
 )
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["moving_max", "moving_mean", "moving_min", "moving_std", "moving_sum", "moving_var"]
 

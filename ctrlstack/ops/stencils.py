@@ -26,8 +26,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from ctrlstack.ops._check import check_out
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import check_out
 
 __all__ = ["heat_diffusion", "jacobi_step"]
 
