@@ -4,11 +4,13 @@ Shared by the public wrappers (:mod:`ctrlstack.ops.clustering`) and the dask pat
 (:mod:`ctrlstack.ops._clustering_dask`), which both import this module and not each other.
 
 Why the E-step is shaped the way it is: a per-row loop over centres is latency-bound and loses
-2-3x to sklearn's GEMM-per-chunk kernel.  So, like sklearn, the rows are cut into cache-sized
-tiles; for each tile a compiled pass centres the rows into a scratch block (``x - mean``:
-sklearn's ``X -= X.mean(0)`` without copying ``X``), NumPy's BLAS computes ``-2 C'.x'`` for all
-centres in one GEMM, and a second compiled pass takes the argmin (a vectorised select across
-rows: the distance block is centre-major) and adds each row to its slot's partial sums.  Tiles
+2-3x to sklearn's GEMM-per-chunk kernel.  So, like sklearn, :func:`kmeans_numpy` first makes one
+centred copy of ``X`` (sklearn's ``copy_x=True``: ``X - mean`` keeps ``|c|^2 - 2 x.c`` accurate
+for data far from the origin, and costs one pass instead of one per iteration), the rows are cut
+into cache-sized tiles, NumPy's BLAS computes ``-2 C'.x'`` for all centres of a tile in one
+GEMM, and a compiled pass takes the argmin (a vectorised select across rows: the distance block
+is centre-major) and adds each row to its slot's partial sums.  :func:`predict_numpy` (one pass)
+centres each tile into a scratch block instead of copying ``X``.  Tiles
 are spread over Python threads by :func:`ctrlstack.ops._tiles.run_tiles` (BLAS is called from
 Python so SciPy is not needed; see that module).  The final inertia uses the exact
 ``|x - c|^2`` form in float64.
@@ -70,6 +72,15 @@ def _centre_rows(X, start, mean, xc):  # type: ignore[no-untyped-def]  # pragma:
             xc[r, j] = X[start + r, j] - mean[j]
 
 
+@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def _centred_copy(X, mean, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``out = X - mean`` row by row in parallel (``out`` is first touched by its users)."""
+    d = X.shape[1]
+    for i in prange(X.shape[0]):
+        for j in range(d):
+            out[i, j] = X[i, j] - mean[j]
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _assign_rows(X, start, dist, cnorm, best, new, labels, sums, counts, update):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Labels of rows ``start:start + nr`` from ``dist`` (k, nr) = ``-2 C'.x'``; returns changes.
@@ -81,28 +92,35 @@ def _assign_rows(X, start, dist, cnorm, best, new, labels, sums, counts, update)
     k, nr = dist.shape
     d = X.shape[1]
     lab = labels[start : start + nr]
-    cn = cnorm[0]
     d0 = dist[0]
+    cn0 = cnorm[0]
     for r in range(nr):
-        best[r] = d0[r] + cn
+        best[r] = d0[r] + cn0
         new[r] = 0
     for c in range(1, k):
+        # unconditional stores of selects: if-converted and vectorised by LLVM (a conditional
+        # store per (row, centre) is neither, and mispredicts on real data)
         dc = dist[c]
         cn = cnorm[c]
+        ci = np.int32(c)
         for r in range(nr):
             v = dc[r] + cn
-            if v < best[r]:
-                best[r] = v
-                new[r] = c
+            b = best[r]
+            lt = v < b
+            best[r] = v if lt else b
+            new[r] = ci if lt else new[r]
     changed = 0
     for r in range(nr):
         c = new[r]
         changed += lab[r] != c
         lab[r] = c
-        if update:
+    if update:
+        for r in range(nr):
+            c = new[r]
             counts[c] += 1
+            i = start + r
             for j in range(d):
-                sums[c, j] += X[start + r, j]
+                sums[c, j] += X[i, j]
     return changed
 
 
@@ -120,6 +138,19 @@ def _inertia(X, centers, labels, parts):  # type: ignore[no-untyped-def]  # prag
                 diff = np.float64(X[i, j]) - np.float64(centers[c, j])
                 acc += diff * diff
         parts[t] = acc
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def _dist_to_assigned(X, centers, labels, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``out[i] = |x_i - centers[labels[i]]|^2`` in float64 (empty-cluster relocation)."""
+    d = X.shape[1]
+    for i in prange(X.shape[0]):
+        c = labels[i]
+        acc = 0.0
+        for j in range(d):
+            diff = np.float64(X[i, j]) - np.float64(centers[c, j])
+            acc += diff * diff
+        out[i] = acc
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -176,7 +207,7 @@ def _tile_rows(d: int, k: int, itemsize: int) -> int:
 
 def estep(
     X: np.ndarray,
-    mean: np.ndarray,
+    mean: np.ndarray | None,
     centers: np.ndarray,
     labels: np.ndarray,
     threads: int,
@@ -184,13 +215,14 @@ def estep(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Assign every row to its nearest centre (in place in ``labels``).
 
-    Returns ``(sums (k, d) float64, counts (k,) int64, rows whose label changed)``; sums and
-    counts are only filled when ``update``.
+    ``mean=None`` means ``X`` is already centred (the GEMM reads it in place); otherwise every
+    tile is centred into a scratch block first.  Returns ``(sums (k, d) float64, counts (k,)
+    int64, rows whose label changed)``; sums and counts are only filled when ``update``.
     """
     n, d = X.shape
     k = centers.shape[0]
-    c2, cnorm = prepared_centers(centers, mean)
-    mean_x = mean.astype(X.dtype)
+    c2, cnorm = prepared_centers(centers, np.zeros(d) if mean is None else mean)
+    mean_x = None if mean is None else mean.astype(X.dtype)
     rows = _tile_rows(d, k, X.dtype.itemsize)
     n_tiles = -(-n // rows)
     slots = max(1, min(threads, n_tiles))
@@ -203,17 +235,20 @@ def estep(
         bufs = scratch[slot]
         if bufs is None:  # allocated (first touched) by the thread that uses it
             bufs = (
-                np.empty((rows, d), dtype=X.dtype),
+                np.empty((rows if mean_x is not None else 0, d), dtype=X.dtype),
                 np.empty((k, rows), dtype=X.dtype),
                 np.empty(rows, dtype=X.dtype),
-                np.empty(rows, dtype=np.intp),
+                np.empty(rows, dtype=np.int32),
             )
             scratch[slot] = bufs
         xc, dist, best, new = bufs
         start = tile * rows
         nr = min(rows, n - start)
-        xt = xc[:nr]
-        _centre_rows(X, start, mean_x, xt)
+        if mean_x is None:
+            xt = X[start : start + nr]
+        else:
+            xt = xc[:nr]
+            _centre_rows(X, start, mean_x, xt)
         dt = dist[:, :nr] if nr == rows else np.empty((k, nr), dtype=X.dtype)
         np.matmul(c2, xt.T, out=dt)
         changed[slot] += _assign_rows(
@@ -270,12 +305,16 @@ def _relocate_empty(
     sums: np.ndarray,
     counts: np.ndarray,
 ) -> None:
-    """sklearn's rule: each empty cluster takes one of the points farthest from their centre."""
+    """sklearn's rule: each empty cluster takes one of the points farthest from their centre.
+
+    One compiled parallel pass for the distances (no (n, d) temporaries: this runs in every
+    iteration that has an empty cluster).
+    """
     empty = np.flatnonzero(counts == 0)
     if empty.size == 0:
         return
-    diff = X.astype(np.float64) - old.astype(np.float64)[labels]
-    dist = np.einsum("ij,ij->i", diff, diff)
+    dist = np.empty(X.shape[0])
+    _dist_to_assigned(X, old, labels, dist)
     if dist.max() == 0:
         return
     far = np.argpartition(dist, -empty.size)[: -empty.size - 1 : -1]
@@ -373,12 +412,18 @@ def kmeans_numpy(
     centers = check_init(init, k, d, X.dtype)
     if centers is None:
         centers = kmeans_plusplus(X, k, np.random.default_rng(seed), slots)
+    mean_x = mean.astype(X.dtype)
+    Xc = np.empty_like(X)
+    _centred_copy(X, mean_x, Xc)
+    centers_c = (centers - mean_x).astype(X.dtype)
     labels = np.full(n, -1, dtype=np.intp)
-    centers, n_iter = _lloyd(X, centers, labels, mean, max_iter, tol_abs, threads)
+    centers_c, n_iter = _lloyd(Xc, centers_c, labels, max_iter, tol_abs, threads)
+    inertia_ = inertia(Xc, centers_c, labels, threads)
+    del Xc
     return KMeansResult(
-        centers=centers,
+        centers=(centers_c + mean_x).astype(X.dtype),
         labels=labels,
-        inertia=inertia(X, centers, labels, threads),
+        inertia=inertia_,
         n_iter=n_iter,
     )
 
@@ -387,16 +432,15 @@ def _lloyd(
     X: np.ndarray,
     centers: np.ndarray,
     labels: np.ndarray,
-    mean: np.ndarray,
     max_iter: int,
     tol_abs: float,
     threads: int,
 ) -> tuple[np.ndarray, int]:
-    """The Lloyd loop (sklearn's ``_kmeans_single_lloyd``); labels are updated in place."""
+    """The Lloyd loop (sklearn's ``_kmeans_single_lloyd``) on centred ``X``; labels in place."""
     strict = False
     it = 0
     for it in range(max_iter):  # noqa: B007 - n_iter is it + 1, as in sklearn
-        sums, counts, changed = estep(X, mean, centers, labels, threads, True)
+        sums, counts, changed = estep(X, None, centers, labels, threads, True)
         _relocate_empty(X, centers, labels, sums, counts)
         new = average(sums, counts, X.dtype)
         shift = float(((new.astype(np.float64) - centers) ** 2).sum())
@@ -407,7 +451,7 @@ def _lloyd(
         if shift <= tol_abs:
             break
     if not strict:
-        estep(X, mean, centers, labels, threads, False)
+        estep(X, None, centers, labels, threads, False)
     return centers, it + 1
 
 
