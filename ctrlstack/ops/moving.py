@@ -777,10 +777,9 @@ def _moving_dask(
     import dask.array as da
 
     a = da.asarray(a)
+    as_real_array(np.empty(0, a.dtype), "a")  # the one dtype rule
     if a.dtype.kind in "iu":
         a = a.astype(np.float64)
-    elif not (a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)):
-        raise TypeError(f"a must have an integer, float32 or float64 dtype, got {a.dtype}")
     ax = normalize_axis(axis, a.ndim)
 
     def block(b: np.ndarray) -> np.ndarray:
