@@ -254,6 +254,14 @@ def compile_probes() -> dict[str, tuple[str, str]]:
             data + "from ctrlstack.ops.clustering import kmeans_predict",
             "kmeans_predict(X, X[:4])",
         ),
+        "kmeans": (
+            data + "from ctrlstack.ops.clustering import kmeans",
+            "kmeans(X, 4, seed=0)",
+        ),
+        "knn": (
+            data + "from ctrlstack.ops.distances import knn",
+            "knn(X, X[:100], 3)",
+        ),
         "pairwise_distances": (
             data + "from ctrlstack.ops.distances import pairwise_distances",
             "pairwise_distances(X)",

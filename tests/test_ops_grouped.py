@@ -226,7 +226,7 @@ def test_groups_with_different_offsets_keep_their_own_shift() -> None:
 
 
 def test_value_errors() -> None:
-    with pytest.raises(TypeError, match="values must have"):
+    with pytest.raises(TypeError, match="values must hold"):
         group_sum(np.array(["a"]), np.array([0]))
     with pytest.raises(ValueError, match="ddof"):
         group_var(np.ones(3), np.zeros(3, dtype=np.int64), ddof=-1)

@@ -105,9 +105,9 @@ def test_histogram_errors(kwargs: dict, exc: type, match: str) -> None:
 
 
 def test_histogram_rejects_bad_dtypes() -> None:
-    with pytest.raises(TypeError, match="a must have"):
+    with pytest.raises(TypeError, match="a must hold"):
         histogram(np.array(["x", "y"]))
-    with pytest.raises(TypeError, match="a must have"):
+    with pytest.raises(TypeError, match="a must hold"):
         histogram(np.ones(3, dtype=np.complex128))
 
 

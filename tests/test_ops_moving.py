@@ -272,7 +272,7 @@ def test_errors(kwargs: dict, exc: type, match: str) -> None:
 
 
 def test_error_on_bad_dtype_and_ddof() -> None:
-    with pytest.raises(TypeError, match="a must have"):
+    with pytest.raises(TypeError, match="a must hold"):
         moving_sum(np.ones(3, dtype=np.complex64), 2)
     with pytest.raises(ValueError, match="ddof"):
         moving_var(np.ones(3), 2, ddof=-1)

@@ -2,12 +2,14 @@
 
 Every kernel is a small compiled loop plus a validating wrapper that allocates in NumPy, applies
 the thread budget (:mod:`ctrlstack.ops._runtime`) and dispatches Dask arrays to blockwise or tree
-reductions and xarray objects to ``apply_ufunc``.  See ``docs/ops.md`` for semantics, tolerances
+reductions and xarray objects to ``apply_ufunc``.  :func:`warm` precompiles the kernels into
+Numba's on-disk cache (shared by the workers of a cluster).  See ``docs/ops.md`` for semantics, tolerances
 and measured speed against the references.
 """
 
 from __future__ import annotations
 
+from ._warm import warm
 from .clustering import KMeansResult, assign, kmeans, kmeans_predict
 from .distances import METRICS, knn, pairwise_distances
 from .grouped import group_count, group_max, group_mean, group_min, group_sum, group_var
@@ -50,4 +52,5 @@ __all__ = [
     "moving_sum",
     "moving_var",
     "pairwise_distances",
+    "warm",
 ]

@@ -5,8 +5,10 @@ counts packed in one row, and ``sum(axis=0)`` reduces them as a tree.  Differenc
 in-memory path, because keeping labels between iterations would materialise them: convergence is
 sklearn's centre-shift test only (no "labels unchanged" test, so it may run one iteration more),
 and an empty cluster is not relocated to a far point but placed on the biggest cluster's centre.
-The result's ``labels`` are a lazy ``map_blocks`` of ``kmeans_predict``; ``inertia`` comes from
-one extra pass.  Persist ``X`` first: every iteration reads it once.
+The result's ``labels`` are a lazy ``map_blocks`` of the in-memory prediction; ``inertia`` comes
+from one extra pass.  Persist ``X`` first: every iteration reads it once.
+
+Only :mod:`ctrlstack.ops._kmeans_core` is imported (never the public wrappers).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ctrlstack.ops import clustering as _c
-from ctrlstack.ops._ml_common import as_float_array, single_threaded_blas
+from ctrlstack.ops import _kmeans_core as core
+from ctrlstack.ops._check import as_float_array, as_real_array
 from ctrlstack.ops._runtime import kernel_threads
 
-__all__ = ["kmeans_dask"]
+__all__ = ["kmeans_dask", "predict_dask"]
 
 _INIT_SAMPLE = 100_000  # rows sampled for k-means++ on dask input
 
@@ -30,23 +32,15 @@ def _block_stats(
     """One block's packed partials: centre sums (k*d), counts (k), inertia (1), float64."""
     X = as_float_array("X", xb, 2, dtype=centers.dtype)
     k, d = centers.shape
-    n = X.shape[0]
     packed = np.zeros((1, k * d + k + 1))
-    if n == 0:
+    if X.shape[0] == 0:
         return packed
-    c2, cnorm = _c._prepared_centers(centers, mean)
-    labels = np.full(n, -1, dtype=np.intp)
-    with kernel_threads(threads) as nt, single_threaded_blas():
-        slots = _c._n_slots(nt, n)
-        sums = np.zeros((slots, k, d))
-        counts = np.zeros((slots, k), dtype=np.int64)
-        changed = np.zeros(slots, dtype=np.int64)
-        _c._lloyd_step(X, mean.astype(X.dtype), c2, cnorm, labels, sums, counts, changed, True)
-        parts = np.zeros(slots)
-        _c._inertia(X, centers, labels, parts)
-    packed[0, : k * d] = sums.sum(axis=0).ravel()
-    packed[0, k * d : k * d + k] = counts.sum(axis=0)
-    packed[0, -1] = parts.sum()
+    labels = np.full(X.shape[0], -1, dtype=np.intp)
+    with kernel_threads(threads) as nt:
+        sums, counts, _ = core.estep(X, mean, centers, labels, nt, True)
+        packed[0, -1] = core.inertia(X, centers, labels, nt)
+    packed[0, : k * d] = sums.ravel()
+    packed[0, k * d : k * d + k] = counts
     return packed
 
 
@@ -72,7 +66,7 @@ def kmeans_dask(
     tol: float,
     seed: int | None,
     threads: int | None,
-) -> _c.KMeansResult:
+) -> core.KMeansResult:
     """Lloyd's k-means on a dask array ``X`` (n, d); see :func:`ctrlstack.ops.kmeans`."""
     import dask
 
@@ -84,8 +78,7 @@ def kmeans_dask(
     if k > n:
         raise ValueError(f"k must be <= the number of rows of X ({n}), got {k}")
     dt = np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
-    if X.dtype.kind not in "iuf" or X.dtype == np.float16:
-        raise TypeError(f"X must hold integers, float32 or float64, got dtype {X.dtype}")
+    as_real_array(np.empty(0, X.dtype), "X")  # the one dtype rule, without computing
     X = X.rechunk({1: -1})
     mean_l, var_l, finite_l = X.mean(axis=0), X.var(axis=0), dask.array.isfinite(X).all()
     mean, var, finite = dask.compute(mean_l, var_l, finite_l)
@@ -93,23 +86,41 @@ def kmeans_dask(
         raise ValueError("X must be finite: it contains NaN or inf")
     mean = np.asarray(mean, dtype=np.float64)
     tol_abs = float(np.mean(var) * tol) if tol else 0.0
-    centers = _c._check_init(init, k, d, dt)
+    centers = core.check_init(init, k, d, dt)
     if centers is None:
         rng = np.random.default_rng(seed)
         take = np.sort(rng.choice(n, size=min(n, max(_INIT_SAMPLE, k)), replace=False))
         sample = as_float_array("X", X[take].compute(), 2, dtype=dt)
         with kernel_threads(threads) as nt:
-            centers = _c._kmeans_plusplus(sample, k, rng, _c._n_slots(nt, sample.shape[0]))
+            centers = core.kmeans_plusplus(sample, k, rng, core.n_slots(nt, sample.shape[0]))
     it = 0
     for it in range(max_iter):  # noqa: B007 - n_iter is it + 1, as in sklearn
         packed = _reduce(X, centers, mean, threads)
         sums = packed[: k * d].reshape(k, d)
         counts = packed[k * d : k * d + k]
-        new = _c._average(sums, counts, dt)
+        new = core.average(sums, counts, dt)
         shift = float(((new.astype(np.float64) - centers) ** 2).sum())
         centers = new
         if shift <= tol_abs:
             break
     inertia = float(_reduce(X, centers, mean, threads)[-1])
-    labels = _c.kmeans_predict(X, centers, threads=threads)
-    return _c.KMeansResult(centers=centers, labels=labels, inertia=inertia, n_iter=it + 1)
+    labels = predict_dask(X, centers, threads)
+    return core.KMeansResult(centers=centers, labels=labels, inertia=inertia, n_iter=it + 1)
+
+
+def predict_dask(X: Any, centers: np.ndarray, threads: int | None) -> Any:
+    """Lazy nearest-centre labels over the row chunks of a dask ``X``."""
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {X.shape}")
+    if X.shape[1] != centers.shape[1]:
+        raise ValueError(
+            f"X has {X.shape[1]} columns but centers has {centers.shape[1]}: they must match"
+        )
+    X = X.rechunk({1: -1})
+
+    def block(xb: np.ndarray) -> np.ndarray:
+        xa = as_float_array("X", xb, 2)
+        with kernel_threads(threads) as nt:
+            return core.predict_numpy(xa, centers.astype(xa.dtype), nt)
+
+    return X.map_blocks(block, drop_axis=1, dtype=np.intp, meta=np.empty((0,), np.intp))

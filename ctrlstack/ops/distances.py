@@ -1,12 +1,14 @@
 """Pairwise distances and brute-force k-nearest neighbours.
 
-Strategy (perf.md, pairwise section): the fastest known form on this machine is the "BLAS trick"
+Strategy (perf.md, pairwise section): the fastest known form is the "BLAS trick"
 ``|x|^2 - 2 x.y + |y|^2``; what loses time around it is allocating the (m, n) result and the
-extra elementwise passes over it.  So each Numba thread takes a block of rows of ``X``, runs one
-GEMM for that block straight into the output (or, for kNN, into a per-thread scratch block that
-stays in cache), and finishes the block (norms, clamp, sqrt / cosine) while it is hot.  BLAS is
-limited to one thread meanwhile (perf.md trap 3); the output is allocated by NumPy in the
-wrapper or passed as ``out=`` (trap 1).
+extra elementwise passes over it.  So the output is cut into cache-sized tiles; for each tile
+NumPy's BLAS writes ``x.y`` straight into the output (or, for kNN, into a per-thread scratch tile)
+and one compiled pass finishes it (norms, clamp, sqrt / cosine, or the top-k selection) while it
+is hot.  Tiles are spread over Python threads with BLAS limited to one thread
+(:mod:`ctrlstack.ops._tiles`, which also says why BLAS is not called from Numba).  With
+``Y=None`` only the tiles on and above the diagonal are computed and each is mirrored, as
+NumPy's ``X @ X.T`` (SYRK) does: half the flops, and the result is exactly symmetric.
 
 Rows holding NaN or inf are computed directly (``sum (x - y)^2``), so they follow
 ``scipy.spatial.distance.cdist`` (inf stays inf, NaN stays NaN) instead of the trick's ``inf - inf``.
@@ -19,22 +21,19 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import prange
 
-from ctrlstack.ops._ml_common import (
-    as_float_array,
-    result_dtype,
-    single_threaded_blas,
-)
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import check_positive_int
+from ctrlstack.ops._check import as_float_array, check_positive_int, result_dtype
+from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows
+from ctrlstack.ops._runtime import kernel_threads
+from ctrlstack.ops._tiles import run_tiles
 
 __all__ = ["METRICS", "knn", "pairwise_distances"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 _SQEUCLIDEAN, _EUCLIDEAN, _COSINE = 0, 1, 2
-_BLOCK_BYTES = 1 << 20  # one output block per thread: about 1 MiB, in L2 on most x86
+_OUT_TILE_BYTES = 1 << 19  # one square output tile: about 512 KiB, in L2 on most x86
 _TILE_BYTES = 1 << 19  # kNN: one tile of Y^T (d x tile) stays in L2 across a block of queries
+_KNN_BLOCK = 64  # kNN query rows per block
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,45 +80,47 @@ def _direct(metric, X, i, Y, j):  # type: ignore[no-untyped-def]  # pragma: no c
 
 
 @numba.njit(cache=True, nogil=True)
-def _finish_row(metric, o, i, dots, X, Y, xn, yn, bad_y, same):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Turn row ``dots`` (x_i . y_j for all j) into distances, written to ``o`` (may alias).
+def _finish_tile(metric, out, r0, c0, nr, nc, X, Y, xn, yn, bad_y, same, mirror):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Turn ``out[r0:r0+nr, c0:c0+nc]`` (holding ``x_i . y_j``) into distances, in place.
 
-    One branch-free, vectorisable loop per metric; the rare NaN/inf rows (``bad_y``, or a bad
-    ``x_i``) are then recomputed directly.
+    One branch-free, vectorisable loop per row and metric; the rare NaN/inf rows (``bad_y``, or
+    a bad ``x_i``) are then recomputed directly.  With ``mirror`` (``Y is X``) the finished tile
+    is also written transposed at ``out[c0:, r0:]``; a diagonal tile copies its upper triangle
+    onto its lower one, so the result is exactly symmetric with an exact zero diagonal.
     """
-    xi = xn[i]
-    n = Y.shape[0]
-    if not math.isfinite(xi):
-        for j in range(n):
-            o[j] = _direct(metric, X, i, Y, j)
-        return
-    if metric == _EUCLIDEAN:
-        for j in range(n):
-            o[j] = math.sqrt(max(xi + yn[j] - 2.0 * np.float64(dots[j]), 0.0))
-    elif metric == _SQEUCLIDEAN:
-        for j in range(n):
-            o[j] = max(xi + yn[j] - 2.0 * np.float64(dots[j]), 0.0)
-    else:
-        for j in range(n):
-            o[j] = _finish(_COSINE, np.float64(dots[j]), xi, yn[j])
-    for q in range(bad_y.shape[0]):
-        o[bad_y[q]] = _direct(metric, X, i, Y, bad_y[q])
-    if same:
-        o[i] = 0.0
-
-
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _pairwise(X, Y, YT, xn, yn, bad_y, out, metric, same, block):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """``out[i, j] = dist(X[i], Y[j])``: per row block one GEMM into ``out``, then finish."""
-    m = X.shape[0]
-    n_blocks = (m + block - 1) // block
-    for b in prange(n_blocks):
-        s = b * block
-        e = min(s + block, m)
-        o = out[s:e]
-        np.dot(X[s:e], YT, o)
-        for r in range(e - s):
-            _finish_row(metric, o[r], s + r, o[r], X, Y, xn, yn, bad_y, same)
+    for r in range(nr):
+        i = r0 + r
+        xi = xn[i]
+        o = out[i, c0 : c0 + nc]
+        if not math.isfinite(xi):
+            for j in range(nc):
+                o[j] = _direct(metric, X, i, Y, c0 + j)
+            continue
+        if metric == _EUCLIDEAN:
+            for j in range(nc):
+                o[j] = math.sqrt(max(xi + yn[c0 + j] - 2.0 * np.float64(o[j]), 0.0))
+        elif metric == _SQEUCLIDEAN:
+            for j in range(nc):
+                o[j] = max(xi + yn[c0 + j] - 2.0 * np.float64(o[j]), 0.0)
+        else:
+            for j in range(nc):
+                o[j] = _finish(_COSINE, np.float64(o[j]), xi, yn[c0 + j])
+        for q in range(bad_y.shape[0]):
+            jj = bad_y[q] - c0
+            if 0 <= jj < nc:
+                o[jj] = _direct(metric, X, i, Y, bad_y[q])
+        if same and c0 <= i < c0 + nc:
+            o[i - c0] = 0.0
+    if mirror:
+        if r0 == c0:
+            for r in range(nr):
+                for j in range(r + 1, nc):
+                    out[c0 + j, r0 + r] = out[r0 + r, c0 + j]
+        else:
+            for j in range(nc):
+                dst = out[c0 + j, r0 : r0 + nr]
+                for r in range(nr):
+                    dst[r] = out[r0 + r, c0 + j]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -173,73 +174,55 @@ def _select_k(row, offset, skip, keys, vals, idx, filled):  # type: ignore[no-un
     return filled
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _knn(Xg, X, Y, YT, xn, yn, bad_y, metric, exclude_self, scratch, out_d, out_i):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """k smallest distances per row of ``X``, tiled over rows of ``X`` and columns of ``Y``.
+@numba.njit(cache=True, nogil=True)
+def _knn_tile(buf, ys, nc, s, X, Y, xn, yn, bad_y, metric, exclude_self, keys, vals, out_i, filled):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Merge one GEMM tile ``buf`` (nr, tile) = ``x_i . y_j`` for candidates ``ys:ys + nc``.
 
-    ``YT`` is (n_tiles, d, tile): ``Y`` transposed and cut into column tiles that stay in L2
-    while a block of query rows is multiplied against them; ``scratch[t]`` is slot ``t``'s
-    (block * tile) GEMM output.  ``Xg`` is what goes into the GEMM (``X``, or its normalised
-    rows for cosine).  Ranking uses a key monotonic in the distance, one FMA per candidate:
-    ``|y|^2 - 2 x.y`` (euclidean family; ``|x|^2`` is constant per row) or ``-x.y`` (cosine).
-    Only the k winners become distances.  Candidates in ``bad_y`` (NaN/inf rows) and query rows
-    with NaN/inf are computed directly.
+    Ranking uses a key monotonic in the distance, one FMA per candidate: ``|y|^2 - 2 x.y``
+    (euclidean family; ``|x|^2`` is constant per row) or ``-x.y`` (cosine, on normalised rows).
+    Candidates in ``bad_y`` (NaN/inf rows) and query rows with NaN/inf are computed directly.
     """
-    m = X.shape[0]
-    n = Y.shape[0]
-    k = out_d.shape[1]
-    n_tiles, _, tile = YT.shape
-    n_slots = scratch.shape[0]
-    block = scratch.shape[1] // tile
-    n_blocks = (m + block - 1) // block
     cosine = metric == _COSINE
-    for t in prange(n_slots):
-        keys = np.empty((block, k), dtype=np.float64)
-        vals = np.empty((block, k), dtype=np.float64)
-        filled = np.zeros(block, dtype=np.int64)
-        for b in range(t, n_blocks, n_slots):
-            s = b * block
-            e = min(s + block, m)
-            nr = e - s
-            filled[:] = 0
-            for ti in range(n_tiles):
-                ys = ti * tile
-                nc = min(tile, n - ys)
-                buf = scratch[t, : nr * tile].reshape((nr, tile))
-                np.dot(Xg[s:e], YT[ti], buf)
-                for r in range(nr):
-                    i = s + r
-                    row = buf[r, :nc]
-                    xi = xn[i]
-                    if not math.isfinite(xi):
-                        for j in range(nc):
-                            row[j] = _direct(metric, X, i, Y, ys + j)
-                    else:
-                        if cosine:
-                            for j in range(nc):
-                                row[j] = -row[j]
-                        else:
-                            for j in range(nc):
-                                row[j] = yn[ys + j] - 2 * row[j]
-                        for q in range(bad_y.shape[0]):
-                            jj = bad_y[q] - ys
-                            if 0 <= jj < nc:
-                                row[jj] = _direct(metric, X, i, Y, bad_y[q])
-                    skip = i - ys if exclude_self and ys <= i < ys + nc else -1
-                    filled[r] = _select_k(row, ys, skip, keys[r], vals[r], out_i[i], filled[r])
-            for r in range(nr):
-                i = s + r
-                xi = xn[i]
-                for q in range(k):
-                    v = vals[r, q]
-                    if not math.isfinite(xi) or not math.isfinite(yn[out_i[i, q]]):
-                        out_d[i, q] = v
-                    elif cosine:
-                        out_d[i, q] = min(max(1.0 + v, 0.0), 2.0)
-                    elif metric == _EUCLIDEAN:
-                        out_d[i, q] = math.sqrt(max(xi + v, 0.0))
-                    else:
-                        out_d[i, q] = max(xi + v, 0.0)
+    for r in range(filled.shape[0]):
+        i = s + r
+        row = buf[r, :nc]
+        xi = xn[i]
+        if not math.isfinite(xi):
+            for j in range(nc):
+                row[j] = _direct(metric, X, i, Y, ys + j)
+        else:
+            if cosine:
+                for j in range(nc):
+                    row[j] = -row[j]
+            else:
+                for j in range(nc):
+                    row[j] = yn[ys + j] - 2 * row[j]
+            for q in range(bad_y.shape[0]):
+                jj = bad_y[q] - ys
+                if 0 <= jj < nc:
+                    row[jj] = _direct(metric, X, i, Y, bad_y[q])
+        skip = i - ys if exclude_self and ys <= i < ys + nc else -1
+        filled[r] = _select_k(row, ys, skip, keys[r], vals[r], out_i[i], filled[r])
+
+
+@numba.njit(cache=True, nogil=True)
+def _knn_finish(s, xn, yn, metric, vals, out_i, out_d):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Turn the k winning keys of rows ``s:s + nr`` into distances."""
+    k = out_d.shape[1]
+    cosine = metric == _COSINE
+    for r in range(vals.shape[0]):
+        i = s + r
+        xi = xn[i]
+        for q in range(k):
+            v = vals[r, q]
+            if not math.isfinite(xi) or not math.isfinite(yn[out_i[i, q]]):
+                out_d[i, q] = v
+            elif cosine:
+                out_d[i, q] = min(max(1.0 + v, 0.0), 2.0)
+            elif metric == _EUCLIDEAN:
+                out_d[i, q] = math.sqrt(max(xi + v, 0.0))
+            else:
+                out_d[i, q] = max(xi + v, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,9 +245,37 @@ def _norms(A: np.ndarray, code: int) -> np.ndarray:
     return np.sqrt(sq) if code == _COSINE else sq
 
 
-def _block_rows(n_cols: int, itemsize: int) -> int:
-    """Rows per GEMM block so that one block of output stays in L2."""
-    return int(min(256, max(16, _BLOCK_BYTES // max(1, n_cols * itemsize))))
+def _tile_side(itemsize: int) -> int:
+    """Side of a square output tile that stays in L2 (a multiple of 64)."""
+    side = int(math.sqrt(_OUT_TILE_BYTES / itemsize))
+    return max(64, side - side % 64)
+
+
+def _pairwise_tiles(
+    Xa: np.ndarray,
+    Ya: np.ndarray,
+    xn: np.ndarray,
+    yn: np.ndarray,
+    out: np.ndarray,
+    code: int,
+    same: bool,
+    threads: int,
+) -> None:
+    """Fill ``out`` tile by tile: one GEMM into the tile, then the compiled finish."""
+    m, n = out.shape
+    bad_y = np.flatnonzero(~np.isfinite(yn))
+    side = _tile_side(out.itemsize)
+    rt, ct = -(-m // side), -(-n // side)
+    tiles = [(a, b) for a in range(rt) for b in range(a if same else 0, ct)]
+
+    def body(slot: int, t: int) -> None:
+        a, b = tiles[t]
+        r0, c0 = a * side, b * side
+        r1, c1 = min(r0 + side, m), min(c0 + side, n)
+        np.matmul(Xa[r0:r1], Ya[c0:c1].T, out=out[r0:r1, c0:c1])
+        _finish_tile(code, out, r0, c0, r1 - r0, c1 - c0, Xa, Ya, xn, yn, bad_y, same, same)
+
+    run_tiles(len(tiles), threads, body)
 
 
 def _prepare(X: Any, Y: Any) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -288,19 +299,23 @@ def pairwise_distances(
     metric: str = "euclidean",
     out: np.ndarray | None = None,
     threads: int | None = None,
+    feature_dim: str | None = None,
 ) -> Any:
     """Distances between the rows of ``X`` (m, d) and of ``Y`` (n, d); ``Y=None`` means ``X``.
 
     ``metric``: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (``1 - cos``, clipped to
     [0, 2]; a zero vector has similarity 0 to everything, as in sklearn).  With ``Y=None`` the
-    diagonal is exactly 0.  Result dtype: float32 if the inputs are float32, else float64.
-    ``out`` (m, n), C-contiguous, of that dtype, avoids the allocation.
+    result is exactly symmetric with a zero diagonal.  Result dtype: float32 if the inputs are
+    float32, else float64.  ``out`` (m, n), C-contiguous, of that dtype, avoids the allocation.
 
     Dask ``X`` (row chunks; ``Y`` must be an in-memory array): lazy ``map_blocks`` result.
+    xarray ``DataArray`` (sample, feature) inputs (``feature_dim`` names the feature dim, default
+    the last): a DataArray over ``(X's sample dim, Y's sample dim)`` with their coordinates (Y's
+    sample dim gets a ``_2`` suffix when the names clash, as with ``Y=None``).
     """
     code = _metric_code(metric)
     if is_xarray(X) or is_xarray(Y):
-        raise TypeError("pairwise_distances takes NumPy or dask arrays; pass DataArray.data")
+        return _pairwise_xarray(X, Y, metric, out, threads, feature_dim)
     if is_dask(X) or is_dask(Y):
         if out is not None:
             raise TypeError("out= is not supported for dask input")
@@ -312,11 +327,8 @@ def pairwise_distances(
         return out
     xn = _norms(Xa, code)
     yn = xn if same else _norms(Ya, code)
-    bad_y = np.flatnonzero(~np.isfinite(yn))
-    YT = np.ascontiguousarray(Ya.T)
-    block = _block_rows(n, Xa.dtype.itemsize)
-    with kernel_threads(threads), single_threaded_blas():
-        _pairwise(Xa, Ya, YT, xn, yn, bad_y, out, code, same, block)
+    with kernel_threads(threads) as nt:
+        _pairwise_tiles(Xa, Ya, xn, yn, out, code, same, nt)
     return out
 
 
@@ -340,6 +352,7 @@ def knn(
     *,
     metric: str = "euclidean",
     threads: int | None = None,
+    feature_dim: str | None = None,
 ) -> tuple[Any, Any]:
     """The ``k`` nearest rows of ``Y`` for every row of ``X`` (brute force).
 
@@ -349,13 +362,15 @@ def knn(
     exceed the number of candidates.  NaN distances rank last.
 
     Dask ``X`` (``Y`` in memory): lazy results computed blockwise over row chunks of ``X``.
+    xarray ``DataArray`` (sample, feature) inputs: both results are DataArrays over
+    ``(X's sample dim, "neighbor")`` with X's sample coordinates.
     """
     if k is None:
         raise TypeError("knn() needs k, the number of neighbours (e.g. knn(X, Y, 5) or k=5)")
     k = check_positive_int(k, "k")
     code = _metric_code(metric)
     if is_xarray(X) or is_xarray(Y):
-        raise TypeError("knn takes NumPy or dask arrays; pass DataArray.data")
+        return _knn_xarray(X, Y, k, metric, threads, feature_dim)
     if is_dask(X) or is_dask(Y):
         return _knn_dask(X, Y, k, metric, threads)
     Xa, Ya, same = _prepare(X, Y)
@@ -369,17 +384,61 @@ def knn(
         return out_d, out_i
     xn = _norms(Xa, code)
     yn = xn if same else _norms(Ya, code)
+    with kernel_threads(threads) as nt:
+        _knn_tiles(Xa, Ya, xn, yn, code, same, out_d, out_i, nt)
+    return out_d, out_i
+
+
+def _knn_tiles(
+    Xa: np.ndarray,
+    Ya: np.ndarray,
+    xn: np.ndarray,
+    yn: np.ndarray,
+    code: int,
+    same: bool,
+    out_d: np.ndarray,
+    out_i: np.ndarray,
+    threads: int,
+) -> None:
+    """Blocks of query rows on threads; per block, one GEMM per tile of ``Y`` then the merge."""
+    m = Xa.shape[0]
+    n = Ya.shape[0]
+    k = out_d.shape[1]
     bad_y = np.flatnonzero(~np.isfinite(yn))
     Xg, Yg = Xa, Ya
     if code == _COSINE:  # rank by -cos: normalise once (zero rows stay zero: similarity 0)
         Xg, Yg = _normalised(Xa, xn), _normalised(Ya, yn)
     YT = _tiled_transpose(Yg)
-    block = 64
-    with kernel_threads(threads) as nt, single_threaded_blas():
-        n_slots = max(1, min(2 * nt, math.ceil(m / block)))
-        scratch = np.empty((n_slots, block * YT.shape[2]), dtype=Xa.dtype)
-        _knn(Xg, Xa, Ya, YT, xn, yn, bad_y, code, same, scratch, out_d, out_i)
-    return out_d, out_i
+    n_tiles, _, tile = YT.shape
+    block = _KNN_BLOCK
+    scratch: list[tuple[np.ndarray, ...] | None] = [None] * max(1, threads)
+
+    def body(slot: int, b: int) -> None:
+        bufs = scratch[slot]
+        if bufs is None:  # allocated (first touched) by the thread that uses it
+            bufs = (
+                np.empty((block, tile), dtype=Xa.dtype),
+                np.empty((block, k)),
+                np.empty((block, k)),
+                np.zeros(block, dtype=np.int64),
+            )
+            scratch[slot] = bufs
+        buf_all, keys_all, vals_all, filled_all = bufs
+        s = b * block
+        e = min(s + block, m)
+        nr = e - s
+        buf, keys, vals, filled = buf_all[:nr], keys_all[:nr], vals_all[:nr], filled_all[:nr]
+        filled[:] = 0
+        for ti in range(n_tiles):
+            ys = ti * tile
+            np.matmul(Xg[s:e], YT[ti], out=buf)
+            _knn_tile(
+                buf, ys, min(tile, n - ys), s, Xa, Ya, xn, yn, bad_y, code, same,
+                keys, vals, out_i, filled,
+            )  # fmt: skip
+        _knn_finish(s, xn, yn, code, vals, out_i, out_d)
+
+    run_tiles(-(-m // block), threads, body)
 
 
 def _tiled_transpose(Y: np.ndarray) -> np.ndarray:
@@ -400,6 +459,42 @@ def _normalised(A: np.ndarray, norms: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where((norms > 0) & np.isfinite(norms), 1.0 / norms, 0.0)
     return (A * scale[:, None].astype(A.dtype)).astype(A.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# xarray
+
+
+def _xy_rows(X: Any, Y: Any, feature_dim: str | None) -> tuple[Any, Any, Any, Any]:
+    """Unpacked rows of X (and Y) plus Y's sample dim name, renamed if it clashes with X's."""
+    if not is_xarray(X):
+        raise TypeError("with a DataArray Y, X must be a DataArray too")
+    xr_rows = unpack_rows(X, "X", feature_dim)
+    yr_rows = xr_rows if Y is None else unpack_rows(Y, "Y", feature_dim) if is_xarray(Y) else None
+    if yr_rows is None:
+        raise TypeError("with a DataArray X, Y must be a DataArray too (or None)")
+    y_dim = yr_rows.sample if yr_rows.sample != xr_rows.sample else f"{yr_rows.sample}_2"
+    y_coords = {(y_dim if c == yr_rows.sample else c): v for c, v in yr_rows.sample_coords.items()}
+    return xr_rows, yr_rows, y_dim, y_coords
+
+
+def _pairwise_xarray(
+    X: Any, Y: Any, metric: str, out: Any, threads: int | None, feature_dim: str | None
+) -> Any:
+    xr_rows, yr_rows, y_dim, y_coords = _xy_rows(X, Y, feature_dim)
+    y_data = None if Y is None else yr_rows.data
+    res = pairwise_distances(xr_rows.data, y_data, metric=metric, out=out, threads=threads)
+    return labelled(res, (xr_rows.sample, y_dim), xr_rows.sample_coords, y_coords)
+
+
+def _knn_xarray(
+    X: Any, Y: Any, k: int, metric: str, threads: int | None, feature_dim: str | None
+) -> tuple[Any, Any]:
+    xr_rows, yr_rows, _, _ = _xy_rows(X, Y, feature_dim)
+    y_data = None if Y is None else yr_rows.data
+    d, i = knn(xr_rows.data, y_data, k, metric=metric, threads=threads)
+    dims = (xr_rows.sample, "neighbor")
+    return labelled(d, dims, xr_rows.sample_coords), labelled(i, dims, xr_rows.sample_coords)
 
 
 # --------------------------------------------------------------------------------------------

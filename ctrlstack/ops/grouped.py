@@ -31,13 +31,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import (
+from ctrlstack.ops._check import (
     as_real_array,
     check_positive_int,
     normalize_axis,
     row_segments,
 )
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
 
@@ -398,8 +398,7 @@ def _group_dask(
     import dask.array as da
 
     v = da.asarray(values)
-    if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and v.dtype.itemsize not in (4, 8)):
-        raise TypeError(f"values must have an integer, float32 or float64 dtype, got {v.dtype}")
+    as_real_array(np.empty(0, v.dtype), "values")  # the one dtype rule, without computing
     ax = normalize_axis(axis, v.ndim)
     n = v.shape[ax]
     if is_dask(labels):

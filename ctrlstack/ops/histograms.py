@@ -29,8 +29,8 @@ from typing import Any, Literal
 import numba
 import numpy as np
 
+from ctrlstack.ops._check import as_real_array, split
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import as_real_array, split
 
 __all__ = ["histogram", "histogram2d"]
 
@@ -331,8 +331,7 @@ def _histogram_dask(
     import dask.array as da
 
     a = da.asarray(a)
-    if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and a.dtype.itemsize not in (4, 8)):
-        raise TypeError(f"a must have an integer, float32 or float64 dtype, got {a.dtype}")
+    as_real_array(np.empty(0, a.dtype), "a")  # the one dtype rule, without computing
     if np.ndim(bins) == 1:
         spec = _Bins(_explicit_edges(bins, "bins"), uniform=False)
     else:

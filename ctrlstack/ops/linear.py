@@ -5,8 +5,10 @@
   gradient partial.  NumPy needs two GEMVs and elementwise temporaries (three passes over ``X``
   plus allocations); this is why the fused loop wins although ``exp`` is scalar here (no SVML).
 * :func:`mlp_forward` runs the whole network on blocks of rows: each block's hidden activations
-  stay in a per-thread scratch buffer in cache instead of an (n, width) array per layer, and the
-  per-layer GEMM is BLAS limited to one thread inside ``prange`` (perf.md trap 3).
+  stay in a per-thread scratch buffer in cache instead of an (n, width) array per layer.  The
+  per-layer GEMM is NumPy's BLAS (limited to one thread) and the bias + activation a compiled
+  pass over the block while it is hot; blocks are spread over threads by
+  :mod:`ctrlstack.ops._tiles` (which says why BLAS is not called from Numba).
 
 Float32 inputs stay float32 in the inner loops (constants come from typed arrays, perf.md trap
 5); the logistic loss and gradient partials are accumulated in float64.
@@ -22,12 +24,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from ctrlstack.ops._ml_common import (
-    as_float_array,
-    result_dtype,
-    single_threaded_blas,
-)
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._check import as_float_array, result_dtype
+from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
+from ctrlstack.ops._runtime import kernel_threads
+from ctrlstack.ops._tiles import run_tiles
 
 __all__ = ["ACTIVATIONS", "logistic_loss_grad", "mlp_forward"]
 
@@ -36,7 +36,7 @@ _RELU, _TANH, _SIGMOID, _IDENTITY = 0, 1, 2, 3
 # reassociation/contraction for vectorised dot products, but no "nnan"/"ninf": NaN in X or w
 # must still come out as NaN in the loss and gradient.
 _FAST = {"contract", "reassoc", "nsz", "arcp"}
-_MLP_BLOCK = 128  # rows per MLP block: 128 x width activations stay in L2
+_MLP_BLOCK = 256  # rows per MLP block: 256 x width activations stay in L2/L3
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,57 +111,6 @@ def _softmax_rows(logits, bias, out, consts):  # type: ignore[no-untyped-def]  #
             o[c] = o[c] / s
 
 
-@numba.njit(cache=True, nogil=True)
-def _mlp_block(  # type: ignore[no-untyped-def]  # pragma: no cover
-    xb, w_flat, w_off, w_shape, b_flat, b_off, act, consts, buf0, buf1, ob
-):  # pragma: no cover
-    """Forward pass of one row block ``xb`` into ``ob`` using ping-pong buffers."""
-    nr = xb.shape[0]
-    n_layers = w_shape.shape[0]
-    a, c = w_shape[0, 0], w_shape[0, 1]
-    cur = buf0[: nr * c].reshape((nr, c))
-    np.dot(xb, w_flat[w_off[0] : w_off[0] + a * c].reshape((a, c)), cur)
-    for layer in range(1, n_layers):
-        _activate(cur, b_flat[b_off[layer - 1] : b_off[layer - 1] + c], act, consts)
-        a, c = w_shape[layer, 0], w_shape[layer, 1]
-        W = w_flat[w_off[layer] : w_off[layer] + a * c].reshape((a, c))
-        nxt = (buf1 if layer % 2 == 1 else buf0)[: nr * c].reshape((nr, c))
-        np.dot(cur, W, nxt)
-        cur = nxt
-    last = n_layers - 1
-    _softmax_rows(cur, b_flat[b_off[last] : b_off[last] + c], ob, consts)
-
-
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _mlp(X, w_flat, w_off, w_shape, b_flat, b_off, act, consts, scratch, out):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Forward pass per row block; ``scratch[t, 0/1]`` are slot ``t``'s ping-pong buffers.
-
-    The block body is a separate function: Numba's parfor array analysis cannot follow the
-    per-layer reshapes inside ``prange``.
-    """
-    n = X.shape[0]
-    n_slots = scratch.shape[0]
-    block = _MLP_BLOCK
-    n_blocks = (n + block - 1) // block
-    for t in prange(n_slots):
-        for b in range(t, n_blocks, n_slots):
-            s = b * block
-            e = min(s + block, n)
-            _mlp_block(
-                X[s:e],
-                w_flat,
-                w_off,
-                w_shape,
-                b_flat,
-                b_off,
-                act,
-                consts,
-                scratch[t, 0],
-                scratch[t, 1],
-                out[s:e],
-            )
-
-
 # --------------------------------------------------------------------------------------------
 # logistic regression
 
@@ -174,6 +123,7 @@ def logistic_loss_grad(
     l2: float = 0.0,
     out: np.ndarray | None = None,
     threads: int | None = None,
+    feature_dim: str | None = None,
 ) -> tuple[Any, Any]:
     """Mean logistic loss and its gradient for weights ``w`` (d,), data ``X`` (n, d), ``y`` (n,).
 
@@ -183,11 +133,16 @@ def logistic_loss_grad(
     ``out`` (d,) receives the gradient.  Float32 inputs give a float32 gradient.
 
     Dask ``X`` (row chunks) and ``y``: lazy ``(loss, grad)`` from a tree reduction of per-block
-    partial sums; nothing is materialised.
+    partial sums; nothing is materialised.  xarray ``X`` (sample, feature; ``feature_dim``
+    defaults to the last dim): the gradient is a DataArray over the feature dim.
     """
     l2 = _check_l2(l2)
     if is_xarray(X):
-        raise TypeError("logistic_loss_grad takes NumPy or dask arrays; pass DataArray.data")
+        rows = unpack_rows(X, "X", feature_dim)
+        loss, grad = logistic_loss_grad(
+            values_of(w), rows.data, values_of(y), l2=l2, out=out, threads=threads
+        )
+        return loss, labelled(grad, (rows.feature,), rows.feature_coords)
     if is_dask(X) or is_dask(y):
         if out is not None:
             raise TypeError("out= is not supported for dask input")
@@ -307,6 +262,7 @@ def mlp_forward(
     activation: str = "relu",
     out: np.ndarray | None = None,
     threads: int | None = None,
+    feature_dim: str | None = None,
 ) -> Any:
     """Class probabilities of a dense MLP: hidden layers ``act(h W + b)``, softmax output.
 
@@ -315,13 +271,18 @@ def mlp_forward(
     ``relu``, ``tanh``, ``sigmoid``, ``identity`` (hidden layers only).  Returns (n, n_classes);
     float32 only when ``X`` and all parameters are float32.  ``out`` receives the result.
 
-    Dask ``X`` (row chunks): lazy ``map_blocks``; xarray: pass ``DataArray.data``.
+    Dask ``X`` (row chunks): lazy ``map_blocks``.  xarray ``X`` (sample, feature): a DataArray
+    over ``(sample, "class")`` with the sample coordinates.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     act = ACTIVATIONS.index(activation)
     if is_xarray(X):
-        raise TypeError("mlp_forward takes NumPy or dask arrays; pass DataArray.data")
+        rows = unpack_rows(X, "X", feature_dim)
+        probs = mlp_forward(
+            rows.data, weights, biases, activation=activation, out=out, threads=threads
+        )
+        return labelled(probs, (rows.sample, "class"), rows.sample_coords)
     dask_in = is_dask(X)
     if not dask_in:
         X = np.asarray(X)
@@ -332,7 +293,7 @@ def mlp_forward(
     if dask_in:
         if out is not None:
             raise TypeError("out= is not supported for dask input")
-        n_out = int(params[2][-1, 1])
+        n_out = int(params[0][-1].shape[1])
         Xr = X.rechunk({1: -1})
         return Xr.map_blocks(
             lambda xb: _mlp_numpy(as_float_array("X", xb, 2, dtype=dt), params, act, None, threads),
@@ -343,15 +304,11 @@ def mlp_forward(
     return _mlp_numpy(Xa, params, act, out, threads)
 
 
-_Params = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_Params = tuple[list[np.ndarray], list[np.ndarray]]
 
 
 def _pack_params(weights: Sequence[Any], biases: Sequence[Any], dt: Any, d_in: int) -> _Params:
-    """Flatten the layers into one weight and one bias buffer plus offsets and shapes.
-
-    Numba cannot take a list of differently shaped arrays cheaply; flat buffers can be sliced
-    and reshaped inside the kernel without copies.
-    """
+    """The layers' weights and biases, validated and converted to ``dt``."""
     if isinstance(weights, np.ndarray) or isinstance(biases, np.ndarray):
         raise TypeError("weights and biases must be sequences (lists) of arrays, one per layer")
     if len(weights) == 0 or len(weights) != len(biases):
@@ -371,20 +328,15 @@ def _pack_params(weights: Sequence[Any], biases: Sequence[Any], dt: Any, d_in: i
         if b.shape[0] != w.shape[1]:
             raise ValueError(f"biases[{i}] must have length {w.shape[1]}, got {b.shape[0]}")
         prev = w.shape[1]
-    w_off = np.cumsum([0] + [w.size for w in ws])[:-1].astype(np.int64)
-    b_off = np.cumsum([0] + [b.size for b in bs])[:-1].astype(np.int64)
-    w_shape = np.array([w.shape for w in ws], dtype=np.int64)
-    w_flat = np.concatenate([w.ravel() for w in ws])
-    b_flat = np.concatenate(bs)
-    return w_flat, w_off, w_shape, b_flat, b_off
+    return ws, bs
 
 
 def _mlp_numpy(
     X: np.ndarray, params: _Params, act: int, out: np.ndarray | None, threads: int | None
 ) -> np.ndarray:
-    w_flat, w_off, w_shape, b_flat, b_off = params
+    ws, bs = params
     n = X.shape[0]
-    n_out = int(w_shape[-1, 1])
+    n_out = ws[-1].shape[1]
     if out is None:
         out = np.empty((n, n_out), dtype=X.dtype)
     elif not isinstance(out, np.ndarray):
@@ -396,10 +348,29 @@ def _mlp_numpy(
         )
     if n == 0:
         return out
-    width = int(w_shape[:, 1].max())
-    with kernel_threads(threads) as nt, single_threaded_blas():
-        n_slots = max(1, min(nt, math.ceil(n / _MLP_BLOCK)))
-        scratch = np.empty((n_slots, 2, _MLP_BLOCK * width), dtype=X.dtype)
-        consts = np.array([0, 1], dtype=X.dtype)
-        _mlp(X, w_flat, w_off, w_shape, b_flat, b_off, act, consts, scratch, out)
+    width = max(w.shape[1] for w in ws)
+    block = _MLP_BLOCK
+    consts = np.array([0, 1], dtype=X.dtype)
+    with kernel_threads(threads) as nt:
+        scratch: list[tuple[np.ndarray, np.ndarray] | None] = [None] * nt
+
+        def body(slot: int, b: int) -> None:
+            bufs = scratch[slot]
+            if bufs is None:  # allocated (first touched) by the thread that uses it
+                bufs = (np.empty(block * width, X.dtype), np.empty(block * width, X.dtype))
+                scratch[slot] = bufs
+            s = b * block
+            e = min(s + block, n)
+            nr = e - s
+            cur = X[s:e]
+            for layer, (W, bias) in enumerate(zip(ws, bs, strict=True)):
+                nxt = bufs[layer % 2][: nr * W.shape[1]].reshape(nr, W.shape[1])
+                np.matmul(cur, W, out=nxt)
+                if layer < len(ws) - 1:
+                    _activate(nxt, bias, act, consts)
+                else:
+                    _softmax_rows(nxt, bias, out[s:e], consts)
+                cur = nxt
+
+        run_tiles(-(-n // block), nt, body)
     return out

@@ -54,14 +54,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import (
+from ctrlstack.ops._check import (
     as_real_array,
     check_out,
     check_positive_int,
     normalize_axis,
     row_segments,
 )
+from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["moving_max", "moving_mean", "moving_min", "moving_std", "moving_sum", "moving_var"]
 
@@ -367,6 +367,8 @@ def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ig
     huge value that entered (and left) the window, data drifting far from the shift, and any
     ``inf`` (non-finite final sums).  The caller then recomputes the chunk with the exact block
     algorithm (:func:`_moments_task`), so accuracy never depends on the data being benign.
+    Standard deviations are the square roots of the variances, taken in one vectorised pass
+    at the end of an accepted chunk.
     """
     nan = np.nan
     k = _first_finite(x, c0 - w, c1, 0.0)
@@ -396,8 +398,7 @@ def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ig
         var = m2 * invd[n]
         if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
             var = 0.0
-        r = np.sqrt(var) if want_std else var
-        o[i] = r if n >= lim else nan
+        o[i] = var if n >= lim else nan
     lo = max(c0, head)
     xin = x[lo:c1]
     xout = x[lo - w : c1 - w]
@@ -418,9 +419,16 @@ def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ig
         var = m2 * invd[n]
         if var < 0.0:  # noqa: PLR1730
             var = 0.0
-        r = np.sqrt(var) if want_std else var
-        os[i] = r if n >= lim else nan
-    return not flag and np.isfinite(s1) and np.isfinite(s2)
+        os[i] = var if n >= lim else nan
+    ok = not flag and np.isfinite(s1) and np.isfinite(s2)
+    if ok and want_std:
+        # a separate pass over the (L1/L2-resident) chunk: here the square roots vectorise
+        # (4 per instruction with AVX2, 8 with AVX-512); inside the streaming loop each one
+        # was a scalar sqrt, whose throughput (not the running sums) bounded the loop
+        oc = o[c0:c1]
+        for i in range(oc.shape[0]):
+            oc[i] = np.sqrt(oc[i])
+    return ok
 
 
 @numba.njit(cache=True, nogil=True)
@@ -769,10 +777,9 @@ def _moving_dask(
     import dask.array as da
 
     a = da.asarray(a)
+    as_real_array(np.empty(0, a.dtype), "a")  # the one dtype rule
     if a.dtype.kind in "iu":
         a = a.astype(np.float64)
-    elif not (a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)):
-        raise TypeError(f"a must have an integer, float32 or float64 dtype, got {a.dtype}")
     ax = normalize_axis(axis, a.ndim)
 
     def block(b: np.ndarray) -> np.ndarray:

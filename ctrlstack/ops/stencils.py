@@ -26,8 +26,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from ctrlstack.ops._check import as_real_array, check_out
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._scicheck import check_out
 
 __all__ = ["heat_diffusion", "jacobi_step"]
 
@@ -91,10 +91,9 @@ def _step3d(u, out, alpha):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 def _as_field(u: Any) -> np.ndarray:
     arr = np.asarray(u)
+    as_real_array(np.empty(0, arr.dtype), "u")  # the one dtype rule
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
-    elif not (arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8)):
-        raise TypeError(f"u must have an integer, float32 or float64 dtype, got {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise ValueError(f"u must be 2-D (5-point) or 3-D (7-point), got ndim={arr.ndim}")
     return arr
@@ -200,10 +199,9 @@ def heat_diffusion(
 
 
 def _heat_dask(u: Any, steps: int, alpha: float | None, threads: int | None) -> Any:
+    as_real_array(np.empty(0, u.dtype), "u")  # the one dtype rule
     if u.dtype.kind in "iu":
         u = u.astype(np.float64)
-    elif not (u.dtype.kind == "f" and u.dtype.itemsize in (4, 8)):
-        raise TypeError(f"u must have an integer, float32 or float64 dtype, got {u.dtype}")
     if u.ndim not in (2, 3):
         raise ValueError(f"u must be 2-D (5-point) or 3-D (7-point), got ndim={u.ndim}")
     a = _check_alpha(alpha, u.ndim)

@@ -1,7 +1,9 @@
-"""Validation and work-splitting helpers shared by the scientific kernel families.
+"""The one input validator and the work-splitting helpers shared by every kernel family.
 
-Private to ``histograms``, ``stencils``, ``moving`` and ``grouped``.  Kept free of Numba so the
-wrappers' argument checks run (and fail) before any compile is triggered.
+Kept free of Numba so the wrappers' argument checks run (and fail) before any compile is
+triggered.  :func:`as_real_array` is the single dtype rule (integers, float32, float64; never
+bool, complex or float16, which would hide a copy or a precision loss);
+:func:`as_float_array` is the same rule plus the conversion the BLAS-shaped kernels need.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_real_array", "check_out", "check_positive_int", "normalize_axis", "split"]
+__all__ = [
+    "as_float_array",
+    "as_real_array",
+    "check_out",
+    "check_positive_int",
+    "normalize_axis",
+    "result_dtype",
+    "row_segments",
+    "split",
+]
 
 _REAL_KINDS = "iuf"
 
@@ -19,17 +30,52 @@ _REAL_KINDS = "iuf"
 def as_real_array(x: Any, name: str, *, allow_int: bool = True) -> np.ndarray:
     """``np.asarray(x)`` restricted to integer/float32/float64 dtypes (TypeError otherwise).
 
-    float16 and complex are rejected rather than silently converted: the kernels accumulate in
-    float64 and a silent upcast would hide a copy of the caller's (possibly huge) array.
+    float16, bool and complex are rejected rather than silently converted: the kernels
+    accumulate in float64 and a silent upcast would hide a copy of the caller's (possibly huge)
+    array.  The message names the argument and says how to fix it.
     """
     arr = np.asarray(x)
     kind = arr.dtype.kind
     ok_float = kind == "f" and arr.dtype.itemsize in (4, 8)
     ok_int = allow_int and kind in "iu"
     if not (ok_float or ok_int):
-        allowed = "integer, float32 or float64" if allow_int else "float32 or float64"
-        raise TypeError(f"{name} must have an {allowed} dtype, got {arr.dtype}")
+        allowed = "integers, float32 or float64" if allow_int else "float32 or float64"
+        raise TypeError(
+            f"{name} must hold {allowed}, got dtype {arr.dtype} (cast it with .astype(np.float64))"
+        )
     return arr
+
+
+def as_float_array(
+    name: str,
+    x: Any,
+    ndim: int,
+    *,
+    dtype: Any = None,
+    allow_empty: bool = True,
+) -> np.ndarray:
+    """:func:`as_real_array`, then a C-contiguous float array with ``ndim`` dimensions.
+
+    Integers become float64 (or ``dtype``); float32 stays float32 unless ``dtype`` says
+    otherwise.  No copy is made when ``x`` is already suitable.
+    """
+    arr = as_real_array(x, name)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if dtype is not None:
+        target = np.dtype(dtype)
+    else:
+        target = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
+    return np.ascontiguousarray(arr, dtype=target)
+
+
+def result_dtype(*arrays: Any) -> np.dtype[Any]:
+    """float32 when every input is float32, float64 otherwise (ints promote to float64)."""
+    if arrays and all(np.asarray(a).dtype == np.float32 for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
