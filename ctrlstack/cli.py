@@ -487,6 +487,25 @@ def _wait_script(
     return 128 - code if code < 0 else code
 
 
+@main.group()
+def ops() -> None:
+    """The Numba kernels of ctrlstack.ops."""
+
+
+@ops.command("warm")
+@click.argument("names", nargs=-1)
+def ops_warm(names: tuple[str, ...]) -> None:
+    """Compile the kernels behind op NAMES (default: all) into Numba's on-disk cache, so the
+    first call in a fresh worker only loads them (run it once per stack/machine kind)."""
+    import time as _time
+
+    from ctrlstack.ops import warm
+
+    start = _time.perf_counter()
+    done = warm(names or None)
+    click.echo(f"warmed {len(done)} ops in {_time.perf_counter() - start:.1f} s: {', '.join(done)}")
+
+
 def _register_commands() -> None:
     """Commands kept in their own modules: batch scripts and the node-side worker
     (docs/batch.md); stacks, kernels and runs (docs/stacks.md)."""

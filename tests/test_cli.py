@@ -337,3 +337,21 @@ def test_run_interrupted_does_not_leave_the_script_running(
     pid = int(pidfile.read_text())
     with contextlib.suppress(psutil.NoSuchProcess):
         assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "script still running"
+
+
+# ------------------------------------------------------------------------------------ ops
+def test_ops_warm_refuses_an_unknown_op_before_compiling() -> None:
+    result = invoke("ops", "warm", "histogram", "nope")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert "unknown op name(s) ['nope']" in line
+    assert "histogram" in line  # the known names are listed
+    assert "warmed" not in result.stdout
+
+
+@pytest.mark.slow
+def test_ops_warm_compiles_the_named_ops() -> None:
+    result = invoke("ops", "warm", "jacobi_step")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("warmed 1 ops in ")
+    assert result.stdout.rstrip().endswith(": jacobi_step")
