@@ -8,14 +8,14 @@ distributed, so this costs no dependency.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import jinja2
 
     from ctrlstack.deploy.status import ClusterStatus
 
-__all__ = ["status_html"]
+__all__ = ["render", "status_html"]
 
 
 @functools.cache
@@ -30,6 +30,11 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def render(template: str, **context: Any) -> str:
+    """Render one of ``ctrlstack/templates/`` (HTML-escaped)."""
+    return _environment().get_template(template).render(**context)
+
+
 def status_html(status: ClusterStatus) -> str:
     """One cluster as an HTML fragment (notebook ``_repr_html_``, widget fallback)."""
-    return _environment().get_template("cluster.html.j2").render(s=status)
+    return render("cluster.html.j2", s=status)

@@ -6,27 +6,13 @@ JupyterLab and this HTML in nbviewer, GitHub or a frontend without ipywidgets â€
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import jinja2
+from ctrlstack.display import render
 
 __all__ = ["cluster_colour", "load_colour", "topology_html"]
-
-
-@functools.cache
-def _environment() -> jinja2.Environment:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("ctrlstack.widgets", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
 
 
 def load_colour(percent: float) -> str:
@@ -89,13 +75,10 @@ def topology_html(data: Mapping[str, Any]) -> str:
             numa_boxes.append({"label": label, "l3": l3_boxes})
         packages.append({"id": pkg_id, "numa": numa_boxes})
     names = sorted({o["cluster"] for entries in owners.values() for o in entries})
-    return (
-        _environment()
-        .get_template("topology.html.j2")
-        .render(
-            packages=packages,
-            legend=[(n, cluster_colour(n)) for n in names],
-            crowded=sorted(crowded),
-            unpinned=[f"{o['cluster']}/{o['worker']}" for o in data.get("unpinned", [])],
-        )
+    return render(
+        "topology.html.j2",
+        packages=packages,
+        legend=[(n, cluster_colour(n)) for n in names],
+        crowded=sorted(crowded),
+        unpinned=[f"{o['cluster']}/{o['worker']}" for o in data.get("unpinned", [])],
     )
