@@ -394,3 +394,30 @@ def test_slurm_array_script_maps_tasks_to_job_names() -> None:
     assert "CTRLSTACK_NAMES=(big-0 big-3)" in lines
     assert ' --name "${CTRLSTACK_NAMES[$SLURM_ARRAY_TASK_ID]}" ' in lines[-1]
     assert "CTRLSTACK_ARRAY_TASK_NAME" not in text
+
+
+def test_importing_the_batch_backends_leaves_ctrl_c_alone() -> None:
+    """dask-jobqueue's runner installs ``SIGINT -> sys.exit()`` at import (Ctrl-C would exit 0),
+    and fails to import outside the main thread; ctrlstack imports it without either effect."""
+    import subprocess
+    import sys
+
+    code = (
+        "import signal, threading\n"
+        "before = signal.getsignal(signal.SIGINT)\n"
+        "errors = []\n"
+        "def load():\n"
+        "    try:\n"
+        "        import ctrlstack.deploy.backends.slurm, ctrlstack.deploy.backends.pbs\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "t = threading.Thread(target=load); t.start(); t.join()\n"
+        "assert not errors, errors\n"
+        "assert signal.getsignal(signal.SIGINT) is before, signal.getsignal(signal.SIGINT)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

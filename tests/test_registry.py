@@ -502,15 +502,38 @@ def test_stop_group_does_not_wait_for_zombies_it_cannot_reap() -> None:
         holder.wait(10)
 
 
-def test_sweep_stops_the_leftovers_of_a_dead_record(
+def test_sweep_stops_the_leftovers_of_a_dead_record(reg: Registry) -> None:
+    # Like a dead supervisor's group: its leader (the launcher's short-lived intermediate) is
+    # gone, its members (workers) still run.
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 &"], start_new_session=True)
+    leader.wait(10)
+    try:
+        deadline = time.monotonic() + 10
+        while len(group_alive(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(group_alive(leader.pid)) == 2
+        record = dead_record("crash")
+        record.created = time.time() - 5
+        record.pgid = leader.pid
+        reg.write(record)
+        assert states(reg) == {"crash": "dead"}
+        assert group_alive(leader.pid) == []
+        assert reg.read("crash") is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+
+
+def test_sweep_leaves_a_group_whose_leader_lives(
     reg: Registry, sleep_group: subprocess.Popen[bytes]
 ) -> None:
+    # A live leader means the group id was reused by someone else's session: never ours.
     record = dead_record("crash")
     record.created = time.time() - 5
     record.pgid = sleep_group.pid
     reg.write(record)
     assert states(reg) == {"crash": "dead"}
-    assert group_alive(sleep_group.pid) == []
+    assert len(group_alive(sleep_group.pid)) == 3
     assert reg.read("crash") is None
 
 

@@ -19,9 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from dask_jobqueue.pbs import PBSJob
-
 from ctrlstack import _proc
+from ctrlstack.deploy.backends._jobqueue import PBSJob
 from ctrlstack.deploy.backends.slurm import (
     BatchCommandFailed,
     SlurmBackend,

@@ -36,11 +36,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dask_jobqueue import JobQueueCluster
-from dask_jobqueue.slurm import SLURMJob
 from distributed.core import Status
 
 from ctrlstack import _proc
+from ctrlstack.deploy.backends._jobqueue import JobQueueCluster, SLURMJob
 from ctrlstack.deploy.backends.base import Backend, BackendReport
 from ctrlstack.deploy.batch import slurm as S
 from ctrlstack.deploy.batch.options import BatchOptions, resolve
