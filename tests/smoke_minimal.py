@@ -236,6 +236,20 @@ def _() -> None:
     close(ops.mlp_forward(X, weights, biases), p / p.sum(1, keepdims=True))
 
 
+@check("ops.warm", "warm")
+def _() -> None:
+    from ctrlstack import ops
+
+    # Loads (or compiles into) Numba's on-disk cache; a second call is a cache load.
+    assert ops.warm(["jacobi_step"]) == ["jacobi_step"]
+    try:
+        ops.warm(["no-such-op"])
+    except ValueError as exc:
+        assert "no-such-op" in str(exc)
+    else:
+        raise AssertionError("warm() accepted an unknown op")
+
+
 @check("every public op is covered above")
 def _() -> None:
     from ctrlstack import ops
