@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from proc_helpers import alive
 
 import ctrlstack
 from ctrlstack.config import log_retention
@@ -22,13 +23,6 @@ from ctrlstack.deploy.registry import Registry
 pytestmark = pytest.mark.slow
 
 CYCLES = 50
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def ours(state_dir: Path) -> list[psutil.Process]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from proc_helpers import alive, group_members, wait_until
 
 from ctrlstack.deploy.procs import boot_id, hostname
 from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry
@@ -62,33 +63,6 @@ def listing(state_dir: Path, prefix: tuple[str, ...] = ()) -> list[dict[str, obj
     assert "Traceback" not in proc.stderr, proc.stderr
     data: list[dict[str, object]] = json.loads(proc.stdout)
     return data
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    out = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and alive(proc):
-                out.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return out
 
 
 # ------------------------------------------------------------------------ a live cluster

@@ -9,17 +9,15 @@ file directly (``ctrlstack list`` would clean up a dead record and hide a leak).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+from proc_helpers import alive, group_members, wait_until
 
 from ctrlstack.deploy.registry import Registry
 
@@ -45,33 +43,6 @@ SCRIPT = textwrap.dedent(
         time.sleep(600)
     """
 )
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    out = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and alive(proc):
-                out.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return out
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.mark.parametrize(

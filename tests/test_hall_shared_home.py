@@ -14,7 +14,6 @@ the machine reading the record, and it must never be signalled.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from proc_helpers import alive, group_members, wait_until
 
 import ctrlstack
 from ctrlstack.deploy.procs import ProcessId, boot_id, hostname
@@ -87,33 +87,6 @@ def as_host(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def group_members(pgid: int) -> set[int]:
-    out = set()
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and alive(proc):
-                out.add(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return out
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 @pytest.fixture
 def bystander() -> Iterator[psutil.Process]:
     """A live, unrelated process in its own process group."""
@@ -173,7 +146,7 @@ def test_cluster_of_host_a_from_host_b(state_dir: Path, as_host: Callable[..., A
     )
     proc = as_host(HOST_B, BOOT_B, "code", code, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout.split()[-1]) in members - {sup.pid}  # ran in A's worker
+    assert int(proc.stdout.split()[-1]) in set(members) - {sup.pid}  # ran in A's worker
 
     # B stops it through the scheduler; A's supervisor exits and removes its record.
     proc = as_host(HOST_B, BOOT_B, "cli", "stop", "on-a", timeout=60)
