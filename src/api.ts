@@ -14,6 +14,7 @@ import {
   IClusterStatus,
   ILaunchRequest,
   IProfiles,
+  IRunRecord,
   ITopology
 } from './tokens';
 
@@ -114,6 +115,10 @@ export class CtrlstackAPI {
       `clusters/${encodeURIComponent(name)}/logs?lines=${lines}`
     );
     return data.log;
+  }
+
+  runs(limit = 20): Promise<IRunRecord[]> {
+    return this.request<IRunRecord[]>(`runs?limit=${limit}`);
   }
 
   topology(): Promise<ITopology> {

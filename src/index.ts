@@ -8,11 +8,13 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
+import { PageConfig } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { IStateDB } from '@jupyterlab/statedb';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { CtrlstackAPI } from './api';
+import { hasDaskPanes, openDaskPanes } from './dask';
 import { ClusterModel } from './model';
 import { CtrlstackSidebar } from './sidebar';
 import { CommandIDs, PLUGIN_ID } from './tokens';
@@ -29,6 +31,16 @@ const icon = new LabIcon({ name: 'ctrlstack:chips', svgstr: ICON_SVG });
 /** The snippet a card inserts: a TLS client of that cluster, from the cluster's credentials. */
 export function snippet(name: string): string {
   return `import ctrlstack\nclient = ctrlstack.connect(${JSON.stringify(name)})\nclient`;
+}
+
+/** Open an absolute path in JupyterLab if it lies under the server's root, else say where it is. */
+function openPath(app: JupyterFrontEnd, path: string): void {
+  const root = (PageConfig.getOption('serverRoot') || '').replace(/\/+$/, '');
+  if (root && path.startsWith(root + '/')) {
+    void app.commands.execute('docmanager:open', { path: path.slice(root.length + 1) });
+  } else {
+    Notification.info(`${path} is outside this server's root`, { autoClose: 8000 });
+  }
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -61,7 +73,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const model = new ClusterModel(new CtrlstackAPI());
     const sidebar = new CtrlstackSidebar({
       model,
-      insertSnippet: name => void app.commands.execute(CommandIDs.insertSnippet, { name })
+      insertSnippet: name => void app.commands.execute(CommandIDs.insertSnippet, { name }),
+      openPath: path => openPath(app, path),
+      daskPanes: url => openDaskPanes(app.commands, url),
+      hasDaskPanes: () => hasDaskPanes(app.commands)
     });
     sidebar.title.icon = icon;
     shell.add(sidebar, 'left', { rank: 200 });

@@ -9,7 +9,7 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ApiError, CtrlstackAPI } from './api';
-import { IClusterStatus, IProfiles, ITopology } from './tokens';
+import { IClusterStatus, IProfiles, IRunRecord, ITopology } from './tokens';
 
 const FAST_MS = 1000;
 const SLOW_MS = 5000;
@@ -33,6 +33,10 @@ export class ClusterModel {
   }
   get topology(): ITopology | null {
     return this._topology;
+  }
+  /** Submitted runs, newest first (their own request: a failure there spares the clusters). */
+  get runs(): readonly IRunRecord[] {
+    return this._runs;
   }
   get profiles(): IProfiles | null {
     return this._profiles;
@@ -97,8 +101,10 @@ export class ClusterModel {
       const detailed = await Promise.all(rows.map(row => this.detail(row)));
       this._topology = await this.api.topology();
       this._clusters = detailed;
+      this._runs = await this.api.runs().catch(() => this._runs);
       this._error = null;
-      const busy = detailed.some(settling);
+      const busy =
+        detailed.some(settling) || this._runs.some(r => r.state === 'pending' || r.state === 'running');
       this._delay = busy ? FAST_MS : Math.min(Math.max(this._delay * 1.5, FAST_MS), SLOW_MS);
     } catch (reason) {
       this._error = reason instanceof Error ? reason.message : String(reason);
@@ -127,6 +133,7 @@ export class ClusterModel {
   private _timer: ReturnType<typeof setTimeout> | null = null;
   private _delay = FAST_MS;
   private _clusters: IClusterStatus[] = [];
+  private _runs: IRunRecord[] = [];
   private _topology: ITopology | null = null;
   private _profiles: IProfiles | null = null;
   private _error: string | null = null;

@@ -11,11 +11,17 @@ import { SIDEBAR_ID } from './tokens';
 import { ClusterCards } from './views/cards';
 import { h } from './views/dom';
 import { LaunchForm } from './views/form';
+import { renderRuns } from './views/runs';
 import { renderTopology } from './views/topology';
 
 export interface ISidebarOptions {
   model: ClusterModel;
   insertSnippet: (name: string) => void;
+  /** Open a file of a run (absolute path) in JupyterLab. */
+  openPath: (path: string) => void;
+  /** dask-labextension's panes for a proxied dashboard URL, and whether it is installed. */
+  daskPanes: (url: string) => Promise<void>;
+  hasDaskPanes: () => boolean;
 }
 
 function messageOf(reason: unknown): string {
@@ -44,7 +50,9 @@ export class CtrlstackSidebar extends Widget {
       forget: name => this.act(`forget ${name}`, () => model.api.forget(name)),
       insert: name => options.insertSnippet(name),
       logs: name => void this.showLogs(name),
-      dashboardUrl: dashboard => model.api.dashboardUrl(dashboard)
+      dashboardUrl: dashboard => model.api.dashboardUrl(dashboard),
+      daskPanes: url => this.act('dask panes', () => options.daskPanes(url)),
+      hasDaskPanes: options.hasDaskPanes
     });
     this.node.append(
       h('div', { className: 'ctrlstack-error', hidden: true }),
@@ -53,7 +61,9 @@ export class CtrlstackSidebar extends Widget {
       h('h3', {}, 'Launch'),
       this._form.node,
       h('h3', {}, 'Clusters'),
-      this._cards.node
+      this._cards.node,
+      h('h3', {}, 'Runs'),
+      this._runs
     );
     model.changed.connect(this.update, this);
   }
@@ -85,6 +95,7 @@ export class CtrlstackSidebar extends Widget {
       this._map.replaceChildren(renderTopology(model.topology));
     }
     this._cards.render(model.clusters);
+    this._runs.replaceChildren(renderRuns(model.runs, { open: path => this.options.openPath(path) }));
   }
 
   private act(what: string, call: () => Promise<unknown>): void {
@@ -108,6 +119,7 @@ export class CtrlstackSidebar extends Widget {
   }
 
   private _map = h('div', { className: 'ctrlstack-map-host' });
+  private _runs = h('div', { className: 'ctrlstack-runs-host' });
   private _form: LaunchForm;
   private _cards: ClusterCards;
   private _profilesLoaded = false;

@@ -15,6 +15,12 @@ export namespace CommandIDs {
   export const openSidebar = 'ctrlstack:open-sidebar';
 }
 
+/** dask-labextension's commands (when it is installed) that point its panes at a URL. */
+export namespace DaskCommandIDs {
+  export const populateUrl = 'dask:populate-dashboard-url';
+  export const launchLayout = 'dask:launch-layout';
+}
+
 /** Cluster states (`CLUSTER_STATES` in status.py). */
 export type ClusterState =
   | 'starting'
@@ -160,4 +166,26 @@ export interface ILaunchRequest {
   profile: string;
   name: string | null;
   overrides: { [field: string]: unknown };
+}
+
+/** A submitted run (`ctrlstack/server/wire.py` `RUN_FIELDS`, from `ctrlstack.runs.RunRecord`). */
+export interface IRunRecord {
+  id: string;
+  kind: string; // notebook | script
+  input: string;
+  output: string;
+  log: string;
+  output_dir: string;
+  profile: string;
+  mode: string; // local | batch
+  state: string; // pending | running | succeeded | failed | cancelled
+  host: string | null;
+  job_id: string | null;
+  cluster: string | null;
+  created: number | null;
+  started: number | null;
+  ended: number | null;
+  exit_code: number | null;
+  error: string | null;
+  failed_cell: number | null;
 }

@@ -123,3 +123,52 @@ def test_fresh_shares_one_call_and_never_caches_errors() -> None:
         assert await fresh.get("a", fetch) == "v4"  # the error was not kept
 
     asyncio.run(main())
+
+
+def test_fresh_answers_stale_from_memory_and_refreshes_behind() -> None:
+    """A polled read never waits for the supervisor once it has an answer (REST latency)."""
+    from ctrlstack.server.cache import Fresh
+
+    calls: list[float] = []
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        calls.append(time.perf_counter())
+        await gate.wait()
+        return f"v{len(calls)}"
+
+    async def gone() -> str:
+        raise LookupError("stopped elsewhere")
+
+    async def main() -> None:
+        fresh: Fresh[str] = Fresh(ttl=0.05, stale=5.0)
+        gate.set()
+        assert await fresh.get("a", slow) == "v1"  # nothing cached: waits
+        gate.clear()
+        await asyncio.sleep(0.06)
+        t0 = time.perf_counter()
+        answers = [await fresh.get("a", slow) for _ in range(3)]
+        assert time.perf_counter() - t0 < 0.02  # from memory, the refresh is blocked on gate
+        await asyncio.sleep(0.01)
+        assert answers == ["v1"] * 3
+        assert len(calls) == 2
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert await fresh.get("a", slow) == "v2"  # the background refresh landed
+        # An action's answer wins over a refresh that started before it.
+        await asyncio.sleep(0.06)
+        gate.clear()
+        assert await fresh.get("a", slow) == "v2"  # starts refresh v3 (blocked)
+        fresh.put("a", "scaled")
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert await fresh.get("a", slow) == "scaled"
+        # A failed refresh drops the answer: the next read sees the error, not a stale value.
+        await asyncio.sleep(0.06)
+        assert await fresh.get("a", gone) == "scaled"  # stale, refresh fails behind
+        await asyncio.sleep(0.01)
+        with pytest.raises(LookupError):
+            await fresh.get("a", gone)
+        assert fresh.age("a") is None
+
+    asyncio.run(main())

@@ -36,6 +36,7 @@ ROUTES = [
     ("GET", "clusters/x/logs"),
     ("POST", "clusters/x/forget"),
     ("GET", "topology"),
+    ("GET", "runs"),
 ]
 
 
@@ -278,3 +279,39 @@ def test_broken_record_is_listed_and_forgotten(server: LabServer) -> None:
     assert not (records / "wreck.json").exists()
     assert server.request("GET", f"{API}/clusters")[1] == []
     assert server.request("POST", f"{API}/clusters/wreck/forget")[0] == 404
+
+
+def test_runs_are_listed_newest_first_without_params(server: LabServer) -> None:
+    """Submitted runs (``ctrlstack submit``) for the sidebar, from their public records."""
+    from ctrlstack.runs.record import RunRecord, runs_dir, save
+
+    base = {"kind": "notebook", "output_dir": "/tmp/out", "profile": "local", "mode": "local"}
+    old = RunRecord(id="20261201-000000-aaaa", input="/tmp/a.ipynb", state="succeeded", **base)
+    new = RunRecord(
+        id="20261202-000000-bbbb",
+        input="/tmp/b.ipynb",
+        state="failed",
+        error="cell 3: ZeroDivisionError",
+        params={"secret": "x"},
+        **base,
+    )
+    for record in (old, new):
+        save(record, server.state_dir)
+    (runs_dir(server.state_dir) / "20261203-000000-cccc.json").write_text("{not json")
+    try:
+        status, body = server.request("GET", f"{API}/runs")
+        assert status == 200, body
+        assert [r["id"] for r in body] == [new.id, old.id]  # the damaged file is skipped
+        assert body[0]["state"] == "failed"
+        assert body[0]["error"] == "cell 3: ZeroDivisionError"
+        assert body[0]["output"] == new.output
+        assert body[0]["input"] == "/tmp/b.ipynb"
+        assert "params" not in body[0]
+        status, body = server.request("GET", f"{API}/runs?limit=1")
+        assert [r["id"] for r in body] == [new.id]
+        status, body = server.request("GET", f"{API}/runs?limit=0")
+        assert status == 400
+        assert body["error"]["field"] == "limit"
+    finally:
+        for path in runs_dir(server.state_dir).glob("*"):
+            path.unlink()

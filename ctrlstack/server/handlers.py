@@ -145,6 +145,13 @@ class LogsHandler(_Base):
         self.send({"name": name, "log": text})
 
 
+class RunsHandler(_Base):
+    @tornado.web.authenticated
+    @_reported
+    async def get(self) -> None:
+        self.send(await self.manager.runs(self.get_query_argument("limit", "50")))
+
+
 class TopologyHandler(_Base):
     @tornado.web.authenticated
     @_reported
@@ -163,4 +170,5 @@ def routes(prefix: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/clusters/{NAME}/logs", LogsHandler),
         (f"{prefix}/clusters/{NAME}/forget", ForgetHandler),
         (f"{prefix}/topology", TopologyHandler),
+        (f"{prefix}/runs", RunsHandler),
     ]

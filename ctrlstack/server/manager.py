@@ -14,6 +14,7 @@ Jupyter server loses none.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import math
 import re
@@ -24,13 +25,17 @@ from typing import Any, TypeVar
 from ctrlstack.deploy.status import ClusterStatus
 from ctrlstack.forms import NOT_OVERRIDABLE
 from ctrlstack.server.cache import Fresh
+from ctrlstack.server.channels import Channels
 from ctrlstack.server.wire import as_status
 
 __all__ = ["ClusterManager", "RequestError"]
 
 _T = TypeVar("_T")
-#: Reads (list, status) are answered from results at most this old (see ``cache.Fresh``).
+#: Reads (list, status) older than this start a refresh in the background (``cache.Fresh``).
 READ_TTL = 1.0
+#: ... and are still answered from memory up to this age (a sidebar polls every 1-5 s; one
+#: that was hidden for longer waits for a fresh answer).
+READ_STALE = 15.0
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
@@ -56,8 +61,9 @@ class ClusterManager:
         self._fast = ThreadPoolExecutor(fast_workers, thread_name_prefix="ctrlstack-read")
         self._slow = ThreadPoolExecutor(slow_workers, thread_name_prefix="ctrlstack-act")
         self._launching: set[str] = set()
-        self._rows: Fresh[list[ClusterStatus]] = Fresh(READ_TTL)
-        self._status: Fresh[ClusterStatus] = Fresh(READ_TTL)
+        self._rows: Fresh[list[ClusterStatus]] = Fresh(READ_TTL, READ_STALE)
+        self._status: Fresh[ClusterStatus] = Fresh(READ_TTL, READ_STALE)
+        self._channels = Channels()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -66,6 +72,7 @@ class ClusterManager:
     def close(self) -> None:
         self._fast.shutdown(wait=False, cancel_futures=True)
         self._slow.shutdown(wait=False, cancel_futures=True)
+        self._channels.close()
 
     async def warm_up(self) -> None:
         """Import the API and distributed in a thread, so the first launch does not stall."""
@@ -79,7 +86,9 @@ class ClusterManager:
         return await self._rows.get("", lambda: self._run(self._fast, _list))
 
     async def _live(self, name: str) -> ClusterStatus:
-        return await self._status.get(name, lambda: self._run(self._fast, _status, name))
+        return await self._status.get(
+            name, lambda: self._run(self._fast, _status, self._channels, name)
+        )
 
     async def list(self) -> list[dict[str, Any]]:
         return [row.to_dict() for row in await self._list()]
@@ -92,6 +101,11 @@ class ClusterManager:
         _check_name(name)
         n = _int(lines, "lines", minimum=1, maximum=10_000)
         return await self._run(self._fast, _logs, name, n)
+
+    async def runs(self, limit: Any = 50) -> builtins.list[dict[str, Any]]:
+        """This user's submitted runs (``ctrlstack submit``), newest first, at most ``limit``."""
+        n = _int(limit, "limit", minimum=1, maximum=1000)
+        return await self._run(self._fast, _runs, n)
 
     async def topology(self) -> dict[str, Any]:
         """Occupancy, asking every running cluster's supervisor at once (in the read pool)."""
@@ -168,6 +182,7 @@ class ClusterManager:
         try:
             return (await self._run(self._slow, _forget, name)).to_dict()
         finally:
+            self._channels.forget(name)
             self._status.forget(name)
             self._rows.forget()
 
@@ -176,6 +191,7 @@ class ClusterManager:
         try:
             await self._run(self._slow, _stop, name)
         finally:
+            self._channels.forget(name)
             self._status.forget(name)
             self._rows.forget()
 
@@ -267,8 +283,10 @@ def _list() -> list[ClusterStatus]:
     return [as_status(row) for row in _api().clusters()]
 
 
-def _status(name: str) -> ClusterStatus:
-    return as_status(_api().get(name).status())
+def _status(channels: Channels, name: str) -> ClusterStatus:
+    """``Cluster.status()`` over the cluster's long-lived control connection."""
+    handle = _api().get(name)
+    return as_status(channels.call(name, handle.address, handle.security, "ctrlstack_status"))
 
 
 def _launch(profile: str, name: str | None, overrides: dict[str, Any]) -> ClusterStatus:
@@ -294,6 +312,13 @@ def _stop(name: str) -> None:
 def _logs(name: str, lines: int) -> str:
     text: str = _api().logs(name, lines=lines)
     return text
+
+
+def _runs(limit: int) -> list[dict[str, Any]]:
+    from ctrlstack.runs import list_runs
+    from ctrlstack.server.wire import run_row
+
+    return [run_row(r) for r in reversed(list_runs()[-limit:])]
 
 
 def _topology(statuses: dict[str, ClusterStatus | None]) -> dict[str, Any]:

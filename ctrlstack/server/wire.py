@@ -12,7 +12,7 @@ from typing import Any
 
 from ctrlstack.deploy.status import AdaptRange, ClusterStatus, WorkerStatus
 
-__all__ = ["as_status", "error_body"]
+__all__ = ["RUN_FIELDS", "as_status", "error_body", "run_row"]
 
 
 def as_status(obj: Any) -> ClusterStatus:
@@ -51,6 +51,20 @@ def _from_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(adapt, Mapping):
         out["adapt"] = AdaptRange(int(adapt["minimum"]), int(adapt["maximum"]))
     return out
+
+
+#: What the sidebar shows of a run record (``ctrlstack.runs.RunRecord``, its public fields; the
+#: record's ``params`` stay out of the wire: they may carry values meant for the job only).
+RUN_FIELDS = (
+    "id", "kind", "input", "output", "log", "output_dir", "profile", "mode", "state", "host",
+    "job_id", "cluster", "created", "started", "ended", "exit_code", "error", "failed_cell",
+)  # fmt: skip
+
+
+def run_row(record: Any) -> dict[str, Any]:
+    """One run as JSON: the :data:`RUN_FIELDS` of ``record.to_dict()`` (missing ones ``None``)."""
+    data = record.to_dict()
+    return {key: data.get(key) for key in RUN_FIELDS}
 
 
 def error_body(

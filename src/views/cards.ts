@@ -16,6 +16,10 @@ export interface ICardActions {
   insert(name: string): void;
   logs(name: string): void;
   dashboardUrl(dashboard: string | null): string | null;
+  /** Open dask-labextension's panes on this proxied dashboard URL... */
+  daskPanes(url: string): void;
+  /** ... shown only while dask-labextension is installed and active. */
+  hasDaskPanes(): boolean;
 }
 
 function jobLine(job: IJobStatus, now: number): HTMLElement {
@@ -103,6 +107,12 @@ export class ClusterCards {
         'span',
         {},
         h('a', { className: 'ctrlstack-dashboard jp-mod-styled', target: '_blank', rel: 'noopener' }, 'Dashboard'),
+        button('Dask panes', 'ctrlstack-dask-panes', () => {
+          const url = card.dataset.dashboard;
+          if (url) {
+            this.actions.daskPanes(url);
+          }
+        }),
         button('Connect', 'ctrlstack-insert', () => this.actions.insert(name)),
         button('Log', 'ctrlstack-logs', () => this.actions.logs(name)),
         button('Stop', 'jp-mod-warn ctrlstack-stop', () => this.actions.stop(name)),
@@ -164,10 +174,15 @@ export class ClusterCards {
     if (url) {
       link.href = url;
       link.style.display = '';
+      card.dataset.dashboard = url;
     } else {
       link.removeAttribute('href');
       link.style.display = 'none';
+      delete card.dataset.dashboard;
     }
+    const panes = card.querySelector<HTMLElement>('.ctrlstack-dask-panes')!;
+    panes.style.display = url && this.actions.hasDaskPanes() ? '' : 'none';
+    panes.title = "open dask-labextension's dashboard panes for this cluster";
     // A record that cannot be stopped (broken, dead, unreachable) can only be forgotten.
     const gone = ['broken', 'dead', 'unreachable'].includes(c.state);
     card.querySelector<HTMLElement>('.ctrlstack-forget')!.style.display = gone ? '' : 'none';
