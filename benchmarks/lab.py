@@ -7,8 +7,8 @@ What is measured (targets from the Jupyter-door issue: p95 < 50 ms, stall < 50 m
 * ``GET /ctrlstack/api/clusters`` (registry list) and ``GET /ctrlstack/api/clusters/<name>``
   (live status from the supervisor over TLS), median and p95 over ``--requests`` sequential
   requests, with 1 and with ``--clusters`` clusters registered.  The server answers reads from
-  results at most 1 s old (``ctrlstack/server/cache.py``), so these are what a polling sidebar
-  sees; the API calls behind them (``ctrlstack.clusters()``, ``Cluster.status()``) are timed
+  memory and refreshes them in the background over long-lived TLS connections
+  (``ctrlstack/server/cache.py``, ``channels.py``), so these are what a polling sidebar sees; the API calls behind them (``ctrlstack.clusters()``, ``Cluster.status()``) are timed
   in-process too.  Clusters are real (supervisor,
   scheduler); the extra ones are scaled to 0 workers so 20 of them fit on a small machine.
 * The worst event-loop stall while a cluster launches, two ways: in-process (a 5 ms ticker on
