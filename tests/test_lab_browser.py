@@ -187,6 +187,31 @@ def test_dashboard_opens_through_proxy(page: Page, lab: LabServer) -> None:
     dash.close()
 
 
+def test_submitted_runs_show_in_the_sidebar(page: Page, lab: LabServer) -> None:
+    """A run record (as ``ctrlstack submit`` writes it) appears with state, input and output."""
+    from ctrlstack.runs.record import RunRecord, runs_dir, save
+
+    run = RunRecord(
+        id="20261205-120000-abcd",
+        kind="notebook",
+        input=str(lab.notebook_dir / "demo.ipynb"),
+        output_dir=str(lab.notebook_dir / "runs"),
+        profile="local",
+        mode="local",
+        state="failed",
+        error="cell 2: ZeroDivisionError",
+    )
+    save(run, lab.state_dir)
+    try:
+        row = page.locator(f'#ctrlstack-sidebar .ctrlstack-run[data-run="{run.id}"]')
+        expect(row).to_have_attribute("data-state", "failed", timeout=30_000)
+        expect(row.locator(".ctrlstack-run-input")).to_have_text("demo.ipynb")
+        expect(row.locator(".ctrlstack-run-output")).to_have_attribute("title", run.output)
+        expect(row).to_contain_text("ZeroDivisionError")
+    finally:
+        (runs_dir(lab.state_dir) / f"{run.id}.json").unlink()
+
+
 def test_dask_labextension_panes_show_the_cluster(page: Page, lab: LabServer) -> None:
     """The card's "Dask panes" points dask-labextension at the proxied dashboard and opens them."""
     button = card(page, "running").locator(".ctrlstack-dask-panes")
