@@ -254,14 +254,18 @@ def launch(profile: str | None, name: str | None, as_json: bool, **overrides: An
 
 
 @main.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Clusters as JSON ('ctrlstack runs --json': runs)."
+)
 def list_cmd(as_json: bool) -> None:
-    """Every cluster of this user, from any door and any host sharing this home, with its state.
+    """Every cluster of this user, from any door and any host sharing this home, with its state,
+    then the submitted runs ('ctrlstack submit') with theirs and their output path.
 
     Broken records are listed with their path and what is wrong; 'ctrlstack forget NAME'
     removes one.
     """
     from ctrlstack import api
+    from ctrlstack.cli_stacks import current_runs, run_lines
 
     statuses = api.clusters()
     if as_json:
@@ -269,11 +273,11 @@ def list_cmd(as_json: bool) -> None:
         return
     if not statuses:
         click.echo("no clusters")
-        return
-    click.echo(
-        f"{'NAME':<20} {'PROFILE':<10} {'STATE':<11} {'WORKERS':>7}  {'AGE':>6}  "
-        f"{'HOST':<12} ADDRESS"
-    )
+    else:
+        click.echo(
+            f"{'NAME':<20} {'PROFILE':<10} {'STATE':<11} {'WORKERS':>7}  {'AGE':>6}  "
+            f"{'HOST':<12} ADDRESS"
+        )
     for s in statuses:
         age = _age(time.time() - s.created) if s.created else "-"
         click.echo(
@@ -282,6 +286,11 @@ def list_cmd(as_json: bool) -> None:
         )
         if s.state in ("broken", "unreachable", "dead") and s.message:
             click.echo(f"  {s.message}")
+    runs = current_runs()
+    if runs:
+        click.echo("")
+        for line in run_lines(runs):
+            click.echo(line)
 
 
 def _age(seconds: float) -> str:
@@ -401,8 +410,14 @@ def forget(name: str) -> None:
 @click.option("--job", "job_id", help="A batch job's log instead (see 'ctrlstack status NAME').")
 def logs(name: str, lines: int, job_id: str | None) -> None:
     """Print the end of cluster NAME's supervisor log (also after the cluster stopped), or of
-    one of its batch jobs' logs."""
+    one of its batch jobs' logs; NAME may also be a run id ('ctrlstack runs'): its log."""
     from ctrlstack import api
+    from ctrlstack.cli_stacks import run_log
+    from ctrlstack.runs.record import is_run_id, runs_dir
+
+    if job_id is None and is_run_id(name) and (runs_dir() / f"{name}.json").exists():
+        click.echo(run_log(name, lines), nl=False)
+        return
 
     click.echo(api.logs(name, lines=lines, job=job_id), nl=False)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["kernels", "runs", "stack", "submit"]
+__all__ = ["current_runs", "kernels", "run_lines", "run_log", "runs", "stack", "submit"]
 
 
 def _echo_json(data: Any) -> None:
@@ -159,13 +159,17 @@ def kernels_install(where: str | None, jupyter_prefix: str | None, names: tuple[
 
 
 # ------------------------------------------------------------------------------------ runs
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--profile", help="Profile of the run's cluster (default profile if omitted).")
 @click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
               help="Notebook parameter (YAML value), repeatable.")  # fmt: skip
-@click.option("--output", type=click.Path(file_okay=False), help="Where outputs go.")
+@click.option("--output-dir", "--output", "output", type=click.Path(file_okay=False),
+              help="Where the executed notebook and the log go (default: beside PATH).")  # fmt: skip
 @click.option("--kernel", help="Kernel for a notebook (default: the notebook's own).")
 @click.option("--wait", is_flag=True, help="Wait for the end; exit 1 if the run failed.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: at most this many s.")
+@click.option("--script", "show_script", is_flag=True,
+              help="Print the batch job script that would be submitted; submit nothing.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -175,46 +179,97 @@ def submit(
     output: str | None,
     kernel: str | None,
     wait: bool,
+    timeout: float | None,
+    show_script: bool,
     as_json: bool,
     path: str,
     args: tuple[str, ...],
 ) -> None:
-    """Run notebook or script PATH detached, with a cluster of its own from the profile.
+    """Run notebook or script PATH with a cluster of its own from the profile: detached here
+    for a local profile, as one batch job for a Slurm/PBS profile.
 
-    The executed notebook and the log land beside PATH (or in --output) as
-    <name>.<run id>.ipynb / .log; follow the run with 'ctrlstack runs'.
+    Options may come before or after PATH; anything else after PATH goes to a script (put
+    '--' before script arguments that look like these options).
+
+    The executed notebook and the log land beside PATH (or in --output-dir) as
+    <name>.<run id>.ipynb / .log; follow the run with 'ctrlstack list', 'ctrlstack runs' or
+    'ctrlstack logs RUN_ID'.
     """
     from ctrlstack.runs.params import parse_params
+    from ctrlstack.runs.submit import job_script
     from ctrlstack.runs.submit import submit as do_submit
 
+    if show_script:
+        click.echo(
+            job_script(path, profile, params=parse_params(params), args=args, output=output,
+                       kernel=kernel),
+            nl=False,
+        )  # fmt: skip
+        return
     record = do_submit(
         path, profile, params=parse_params(params), args=args, output=output, kernel=kernel,
-        wait=wait,
+        wait=wait, timeout=timeout,
     )  # fmt: skip
     if as_json:
         _echo_json(record.to_dict())
     else:
+        job = f" (job {record.job_id})" if record.job_id else ""
         click.echo(
-            f"run {record.id}: {record.state}" + (f": {record.error}" if record.error else "")
+            f"run {record.id}{job}: {record.state}" + (f": {record.error}" if record.error else "")
         )
         click.echo(f"output: {record.output}\nlog: {record.log}")
     if wait and record.state != "succeeded":
         sys.exit(1)
 
 
+def current_runs() -> list[Any]:
+    """Every run of this user, batch runs judged from their queue (``ctrlstack list``/``runs``)."""
+    from ctrlstack.runs.batch import refresh
+    from ctrlstack.runs.record import list_runs
+
+    return refresh(list_runs())
+
+
+def run_lines(records: list[Any]) -> list[str]:
+    """The runs table of ``ctrlstack runs`` and ``ctrlstack list`` (pure)."""
+    lines = [f"{'RUN':<20} {'STATE':<9} {'CREATED':<16} {'PROFILE':<10} {'WHERE':<12} OUTPUT"]
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        where = f"job {r.job_id}" if r.job_id else r.mode
+        lines.append(f"{r.id:<20} {r.state:<9} {when:<16} {r.profile:<10} {where:<12} {r.output}")
+        if r.error:
+            lines.append(f"  {r.error}")
+    return lines
+
+
 @click.command("runs")
 @click.option("--json", "as_json", is_flag=True)
 def runs(as_json: bool) -> None:
     """Submitted runs with their state and output path."""
-    from ctrlstack.runs.record import list_runs
-
-    records = list_runs()
+    records = current_runs()
     if as_json:
         _echo_json([r.to_dict() for r in records])
         return
     if not records:
         click.echo("no runs")
-    for r in records:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
-        tail = f"  {r.error}" if r.error else ""
-        click.echo(f"{r.id}  {r.state:<9} {when}  {r.profile:<10} {r.output}{tail}")
+        return
+    for line in run_lines(records):
+        click.echo(line)
+
+
+def run_log(run_id: str, lines: int) -> str:
+    """The end of a run's log (local: the executor's output; batch: the job's output)."""
+    from collections import deque
+
+    from ctrlstack.errors import NotFoundError
+    from ctrlstack.runs.record import load
+
+    record = load(run_id)
+    try:
+        with open(record.log, errors="replace") as fh:
+            tail = deque(fh, maxlen=lines)
+    except FileNotFoundError:
+        if record.state == "pending":
+            return f"run {run_id} is pending: no log yet ({record.log})\n"
+        raise NotFoundError(f"run {run_id}: its log {record.log!r} does not exist") from None
+    return "".join(tail)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,7 +41,17 @@ def failing_cell(nb: Any) -> tuple[int, str] | None:
     return None
 
 
-def _notebook(record: RunRecord) -> tuple[int, str | None, int | None]:
+def _kernel_manager(kernel: str, private: pathlib.Path) -> Any:
+    """The run's kernel on Unix sockets in a private (0700, node-local) directory instead of
+    TCP ports: on a shared login or compute node nobody else can even reach it."""
+    from jupyter_client.manager import KernelManager
+
+    return KernelManager(
+        kernel_name=kernel, transport="ipc", connection_file=str(private / "kernel.json")
+    )
+
+
+def _notebook(record: RunRecord, state_dir: pathlib.Path) -> tuple[int, str | None, int | None]:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -47,8 +59,12 @@ def _notebook(record: RunRecord) -> tuple[int, str | None, int | None]:
     nb = nbformat.read(record.input, as_version=4)
     inject(nb, record.params)
     kernel = record.kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    # mkdtemp: 0700, on the node's own /tmp (Unix sockets do not work on NFS homes, and their
+    # paths must stay under ~100 characters).
+    private = pathlib.Path(tempfile.mkdtemp(prefix=f"ctrlstack-run-{record.id}-"))
     client = NotebookClient(
         nb,
+        km=_kernel_manager(kernel, private),
         kernel_name=kernel,
         timeout=None,
         resources={"metadata": {"path": str(pathlib.Path(record.input).parent)}},
@@ -66,9 +82,10 @@ def _notebook(record: RunRecord) -> tuple[int, str | None, int | None]:
         return 1, f"{where} failed: {what}", index
     finally:
         nbformat.write(nb, record.output)
+        shutil.rmtree(private, ignore_errors=True)
 
 
-def _script(record: RunRecord) -> tuple[int, str | None, int | None]:
+def _script(record: RunRecord, state_dir: pathlib.Path) -> tuple[int, str | None, int | None]:
     from ctrlstack import _proc
 
     child = _proc.spawn(
@@ -102,16 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dask.config.set({"ctrlstack.state-dir": str(state_dir)})  # the cluster's registry
 
+    from ctrlstack.deploy.procs import ProcessId, hostname
+
     record = load(args.run, state_dir)
     record.state, record.started, record.pid = "running", time.time(), os.getpid()
+    record.process, record.host = ProcessId.current().to_dict(), hostname()
     record.cluster = f"run-{record.id}"
     save(record, state_dir)
     code, error, cell = 1, None, None
+    # In a batch job the cluster is the profile's workers on the job's own CPUs (a local cluster
+    # planned on the job's cpuset); the job was sized for them (see .batch.job_options).
+    overrides = {"backend": "local"} if record.mode == "batch" else {}
     try:
-        with api.cluster(record.profile, name=record.cluster):
+        with api.cluster(record.profile, name=record.cluster, **overrides):
             os.environ.update(api.get(record.cluster).dask_env())
             runner = _notebook if record.kind == "notebook" else _script
-            code, error, cell = runner(record)
+            code, error, cell = runner(record, state_dir)
         record.state = "succeeded" if code == 0 else "failed"
     except SystemExit as exc:  # SIGTERM (a cancel) while running
         record.state, error = "cancelled", f"cancelled (exit {exc.code})"

@@ -3,9 +3,12 @@
 One JSON file per run under ``<state dir>/runs/`` (mode 0600, written atomically), the same
 place and habits as cluster records, so every door can list runs (``ctrlstack runs``, later
 ``ctrlstack list`` and the Lab sidebar).  A run is "local" (a detached process on this host,
-``pid`` + start time) or "batch" (``job_id`` in a queue, filled in by a batch backend); the
-executor inside updates ``state`` as it goes.  :func:`judge` notices a local run whose process
-died without writing its end (killed), so no run stays "running" forever.
+``process``: pid + start time + host + boot) or "batch" (``job_id`` in the ``scheduler``'s queue);
+the executor updates ``state`` as it goes.  :func:`judge` notices a run whose executor provably
+died without writing its end (killed), so no run stays "running" forever; batch jobs that ended
+before their executor could write anything are judged from the queue (:mod:`.batch`).
+
+The fields are a public shape (the Lab sidebar reads :func:`list_runs`): add, never rename.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import secrets
 import socket
 import time
@@ -21,7 +25,19 @@ from typing import Any
 
 from ctrlstack.errors import NotFoundError
 
-__all__ = ["STATES", "RunRecord", "list_runs", "load", "new_id", "runs_dir", "save"]
+__all__ = [
+    "STATES",
+    "RunRecord",
+    "is_run_id",
+    "judge",
+    "list_runs",
+    "load",
+    "new_id",
+    "process_alive",
+    "remove",
+    "runs_dir",
+    "save",
+]
 
 #: pending (recorded, not started) -> running -> succeeded | failed | cancelled
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -49,6 +65,10 @@ class RunRecord:
     exit_code: int | None = None
     error: str | None = None  # one line: what failed (for notebooks: which cell and why)
     failed_cell: int | None = None  # index of the failing cell in the notebook
+    #: The executor's identity (:class:`~ctrlstack.deploy.procs.ProcessId` as a dict: pid, start
+    #: time, host, boot), so a reused pid is never taken for the run's process.
+    process: dict[str, Any] | None = None
+    scheduler: str | None = None  # batch runs: "slurm" | "pbs" (the queue ``job_id`` is in)
 
     @property
     def stem(self) -> str:
@@ -87,6 +107,7 @@ def runs_dir(state_dir: pathlib.Path | None = None) -> pathlib.Path:
         from ctrlstack.config import state_dir as _state_dir
 
         state_dir = _state_dir()
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "runs"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
@@ -102,38 +123,50 @@ def save(record: RunRecord, state_dir: pathlib.Path | None = None) -> None:
     os.replace(tmp, path)
 
 
+def remove(record: RunRecord, state_dir: pathlib.Path | None = None) -> None:
+    """Drop a run's record (a batch submission the queue refused leaves none behind)."""
+    (runs_dir(state_dir) / f"{record.id}.json").unlink(missing_ok=True)
+
+
+#: Run ids as :func:`new_id` makes them (also what keeps a path out of a record's file name).
+_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_ID.match(text))
+
+
 def load(run_id: str, state_dir: pathlib.Path | None = None) -> RunRecord:
+    if not is_run_id(run_id):
+        raise NotFoundError(f"no run {run_id!r} (run ids look like 20261125-153012-a1b2)")
     path = runs_dir(state_dir) / f"{run_id}.json"
     try:
         return judge(RunRecord.from_dict(json.loads(path.read_text())))
     except FileNotFoundError:
         raise NotFoundError(f"no run {run_id!r}; see 'ctrlstack runs'") from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise NotFoundError(
+            f"run record {str(path)!r} is unreadable ({type(exc).__name__}); delete it"
+        ) from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (a child of ours not yet reaped) has finished for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
+def process_alive(record: RunRecord) -> bool | None:
+    """Whether the run's executor still runs: True/False where that can be proven (its own host
+    and boot, pid *and* start time matching, zombies gone), None where it cannot (another host,
+    or an old record without a start time whose pid still exists)."""
+    from ctrlstack.deploy.procs import ProcessId
+
+    ident = ProcessId.from_dict(record.process)
+    if ident is not None:
+        return ident.alive()
+    if record.pid is None or record.host != socket.gethostname():
+        return None
+    return None if ProcessId.of(record.pid) is not None else False
 
 
 def judge(record: RunRecord) -> RunRecord:
-    """A local run on this host recorded as running whose process is gone has failed."""
-    if (
-        record.state in ("pending", "running")
-        and record.mode == "local"
-        and record.host == socket.gethostname()
-        and record.pid is not None
-        and not _alive(record.pid)
-    ):
+    """A run recorded as running whose executor is provably gone has failed (it was killed)."""
+    if record.state in ("pending", "running") and process_alive(record) is False:
         record.state = "failed"
         record.error = record.error or "the run's process died without recording its end"
     return record
@@ -145,6 +178,6 @@ def list_runs(state_dir: pathlib.Path | None = None) -> list[RunRecord]:
     for path in sorted(runs_dir(state_dir).glob("*.json")):
         try:
             out.append(judge(RunRecord.from_dict(json.loads(path.read_text()))))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             continue
     return out

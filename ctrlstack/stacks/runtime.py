@@ -15,7 +15,7 @@ import sys
 from .build import read_stamp, stack_python
 from .model import StackError, get_stack
 
-__all__ = ["runtime"]
+__all__ = ["job_modules", "runtime"]
 
 
 def runtime(stack_name: str | None) -> tuple[str, dict[str, str] | None]:
@@ -35,3 +35,16 @@ def runtime(stack_name: str | None) -> tuple[str, dict[str, str] | None]:
     env["VIRTUAL_ENV"] = str(prefix)
     env["PATH"] = f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return str(stack_python(prefix)), env
+
+
+def job_modules(stack_name: str | None) -> tuple[str, ...]:
+    """The stack's site module names (Lmod / Environment Modules) for batch job prologues.
+
+    They need a shell, so the kernel launcher cannot apply them; every job script of a profile
+    that names the stack (worker jobs and ``ctrlstack submit`` jobs) loads them before its
+    command, each rendered as ``module load <quoted name>``.  Unlike :func:`runtime` this does
+    not require the stack to be built: ``ctrlstack script`` previews a job on any host.
+    """
+    if stack_name is None:
+        return ()
+    return get_stack(stack_name).modules

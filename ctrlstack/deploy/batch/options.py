@@ -99,6 +99,14 @@ def _get(section: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _modules(spec: ClusterSpec, section: Mapping[str, Any]) -> tuple[str, ...]:
+    """The profile stack's module loads first, then the profile's own (duplicates dropped)."""
+    from ctrlstack.stacks.runtime import job_modules
+
+    names = (*job_modules(spec.stack), *_get(section, "modules", ()))
+    return tuple(dict.fromkeys(names))
+
+
 def resolve(spec: ClusterSpec, *, cluster_name: str | None = None) -> BatchOptions:
     """Resolve ``spec`` (a ``slurm``/``pbs`` profile) into :class:`BatchOptions`."""
     from dask.utils import parse_bytes
@@ -172,7 +180,7 @@ def resolve(spec: ClusterSpec, *, cluster_name: str | None = None) -> BatchOptio
         extra_directives=tuple(_get(section, "extra-directives", ())),
         skip_directives=tuple(_get(section, "skip-directives", ())),
         prologue=tuple(_get(section, "prologue", ())),
-        modules=tuple(_get(section, "modules", ())),
+        modules=_modules(spec, section),
         interface=section.get("interface"),
         death_timeout=float(_get(section, "death-timeout", 60)),
         retire_before=retire_before,
