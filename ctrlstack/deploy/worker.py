@@ -270,6 +270,16 @@ def _log_layout(layout: Plan, environ: Mapping[str, str]) -> None:
         logger.warning("%s", note)
 
 
+def queue_job_id(environ: Mapping[str, str]) -> str | None:
+    """The id the queue shows for this job: ``123_4`` for task 4 of array 123 (Slurm gives an
+    array task its own ``SLURM_JOB_ID`` too, which ``squeue``/``scancel`` do not show), else
+    ``SLURM_JOB_ID`` or ``PBS_JOBID``."""
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID")
+
+
 def job_placement(dask_worker: Any = None) -> dict[str, Any]:
     """Inside a batch worker (``client.run``): :func:`~ctrlstack.topology.pin.placement` plus the
     job it runs in and the CPUs of the job's own process (the nanny, which is not pinned), so
@@ -281,6 +291,6 @@ def job_placement(dask_worker: Any = None) -> dict[str, Any]:
 
     info = placement(dask_worker)
     parent = psutil.Process().parent()
-    info["job_id"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    info["job_id"] = queue_job_id(os.environ)
     info["job_cpus"] = format_cpulist(parent.cpu_affinity()) if parent is not None else None
     return info
