@@ -19,8 +19,10 @@ def _all(live: dict[str, list[str]]) -> set[str]:
 def test_down_by_one_retires_a_single_worker_and_keeps_every_job() -> None:
     live = _jobs(2, 2)
     plan = plan_scale(live, _all(live), 3, per_job=2)
-    assert plan.drop == [] and plan.add == []
-    assert len(plan.retire) == 1 and plan.retire[0] in _all(live)
+    assert plan.drop == []
+    assert plan.add == []
+    assert len(plan.retire) == 1
+    assert plan.retire[0] in _all(live)
     assert plan.jobs_after() == 2
 
 
@@ -35,14 +37,17 @@ def test_down_empties_the_partly_used_job_first_then_retires_inside_the_other() 
 def test_down_to_zero_drops_every_job() -> None:
     live = _jobs(2, 1)
     plan = plan_scale(live, _all(live), 0, per_job=2)
-    assert sorted(plan.drop) == ["c-0", "c-1"] and plan.retire == []
+    assert sorted(plan.drop) == ["c-0", "c-1"]
+    assert plan.retire == []
 
 
 def test_pending_jobs_go_before_running_ones_and_shrink_by_resubmission() -> None:
     live = _jobs(2, 2)
     connected = set(live["c-0"])  # c-1 is still pending
     plan = plan_scale(live, connected, 3, per_job=2)
-    assert plan.drop == ["c-1"] and plan.add == [1] and plan.retire == []
+    assert plan.drop == ["c-1"]
+    assert plan.add == [1]
+    assert plan.retire == []
 
 
 def test_retire_prefers_connected_workers() -> None:
@@ -54,7 +59,9 @@ def test_retire_prefers_connected_workers() -> None:
 def test_up_adds_full_jobs_then_the_remainder_and_never_refills() -> None:
     live = {"c-0": ["c-0-0"]}
     plan = plan_scale(live, _all(live), 4, per_job=2)
-    assert plan.add == [2, 1] and plan.drop == [] and plan.retire == []
+    assert plan.add == [2, 1]
+    assert plan.drop == []
+    assert plan.retire == []
     assert plan.jobs_after() == 3
 
 
@@ -64,7 +71,7 @@ def test_nothing_to_do() -> None:
     assert (plan.drop, plan.retire, plan.add) == ([], [], [])
 
 
-@pytest.mark.parametrize("n, per_job", [(-1, 2), (2, 0)])
+@pytest.mark.parametrize(("n", "per_job"), [(-1, 2), (2, 0)])
 def test_bad_input_is_refused(n: int, per_job: int) -> None:
     with pytest.raises(ValueError, match=">="):
         plan_scale({}, set(), n, per_job=per_job)

@@ -204,7 +204,8 @@ def test_packed_cluster_scales_by_worker_inside_jobs(slurm: Any, state_dir: Path
         client = cluster.client()
         try:
             jobs = _per_job(client)
-            assert len(jobs) == 2 and sorted(len(w) for w in jobs.values()) == [2, 2]
+            assert len(jobs) == 2
+            assert sorted(len(w) for w in jobs.values()) == [2, 2]
             assert sorted(slurm.queue()) == sorted(jobs)
             for infos in jobs.values():  # pinning inside the packed job
                 used = []
@@ -235,7 +236,8 @@ def test_packed_cluster_scales_by_worker_inside_jobs(slurm: Any, state_dir: Path
             cluster.scale(4)
             cluster.wait_for_workers(4, timeout=90)
             sizes = {j: len(w) for j, w in _per_job(client).items()}
-            assert sizes[kept] == 1 and sorted(sizes.values()) == [1, 1, 2]
+            assert sizes[kept] == 1
+            assert sorted(sizes.values()) == [1, 1, 2]
             assert len(slurm.queue()) == 3
             assert cluster.status().requested == 4
             assert client.gather(futures) == before
