@@ -203,7 +203,8 @@ class RetiringJobQueueCluster(JobQueueCluster):
             return {str(ws.name) for ws in scheduler.workers.values()}
         return {str(w.get("name")) for w in self.scheduler_info.get("workers", {}).values()}
 
-    def plan(self, n: int) -> ScalePlan:
+    def scale_plan(self, n: int) -> ScalePlan:
+        """What :meth:`scale` would change (not ``plan``: SpecCluster has that property)."""
         return plan_scale(self.live_workers(), self._connected_names(), n, self._per_job)
 
     @property
@@ -236,7 +237,7 @@ class RetiringJobQueueCluster(JobQueueCluster):
     ) -> Any:
         if n is None or memory is not None or cores is not None or self._per_job == 1:
             return super().scale(n, jobs=jobs, memory=memory, cores=cores)
-        plan = self.plan(int(n))
+        plan = self.scale_plan(int(n))
         for job in plan.drop:
             self.worker_spec.pop(job, None)
         if self.status not in (Status.closing, Status.closed):
@@ -517,7 +518,7 @@ class SlurmBackend(Backend):
             and self.opts.workers_per_job > 1
         ):
             # Partly used jobs are not refilled: count the jobs this scale would leave queued.
-            jobs = cluster.plan(n).jobs_after()
+            jobs = cluster.scale_plan(n).jobs_after()
             if jobs > self.opts.max_jobs:
                 raise UserError(
                     f"{n} workers need {jobs} jobs here (partly used jobs are not refilled), but "
