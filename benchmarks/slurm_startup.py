@@ -8,9 +8,14 @@ Measures, alternating the two sides every repeat (medians reported):
   ``scale(N)`` + ``wait_for_workers(N)`` in the calling process (no TLS, no supervisor);
 * **scale-up N/2 → N** on a running cluster, both sides;
 * **stop → empty queue**: from the stop call until ``squeue`` lists none of the cluster's jobs;
-* for information, ctrlstack with 2 workers per job (N/2 jobs; ``workers-per-job``).  More per
-  job does not fit here: the CI node declares 8 CPUs but the VM has 2, and ``ctrlstack worker``
-  refuses to plan more workers than the job's real CPUs.
+* ctrlstack with 2 workers per job (N/2 jobs × 2 forked workers, ``workers-per-job: 2``: the
+  same 8 workers × 1 CPU).  More per job does not fit here: the CI node declares 8 CPUs but the
+  VM has 2, and ``ctrlstack worker`` refuses to plan more workers than the job's real CPUs;
+* ctrlstack with ``nanny: true`` (a nanny per worker, each spawning a fresh interpreter: the
+  start-up path before forked workers), to show what forking saves;
+* a breakdown, same conditions: ``sbatch`` of a trivial job until it runs (submission +
+  scheduling + job start), and one ``python -c "import distributed"`` (the import every worker
+  process pays); and per launch, when the first worker connected.
 
 Slurm: uses ``$SLURM_CONF`` when set, else brings up ``scripts/slurm`` in a private state dir
 and takes it down at the end.  Usage: ``python benchmarks/slurm_startup.py [--repeat 3]
@@ -46,18 +51,41 @@ def wait_empty(timeout: float = 60) -> float:
     return time.perf_counter() - t0
 
 
-def ctrlstack_run(n: int, per_job: int = 1) -> dict[str, float]:
+def ctrlstack_run(n: int, per_job: int = 1, nanny: bool = False) -> dict[str, float]:
     import ctrlstack
 
-    jobs_kw: dict[str, Any] = {"workers_per_job": per_job, "cores": per_job}
+    jobs_kw: dict[str, Any] = {"workers_per_job": per_job, "cores": per_job, "nanny": nanny}
     t0 = time.perf_counter()
     cluster = ctrlstack.launch("slurm-cpu", workers=n, dashboard=False, **jobs_kw)
+    returned = time.perf_counter() - t0
+    cluster.wait_for_workers(1, timeout=300)
+    first = time.perf_counter() - t0
     cluster.wait_for_workers(n, timeout=300)
     launch = time.perf_counter() - t0
     t1 = time.perf_counter()
     cluster.stop()
     stop = time.perf_counter() - t1 + wait_empty()
-    return {"launch": launch, "stop": stop}
+    return {"launch": launch, "stop": stop, "returned": returned, "first": first}
+
+
+def job_latency(directory: str) -> float:
+    """``sbatch`` of a job running ``true`` until its first line runs (seconds)."""
+    stamp = Path(directory) / f"stamp-{time.monotonic_ns()}"
+    script = Path(directory) / "latency.sh"
+    script.write_text(f"#!/bin/sh\n#SBATCH --output=/dev/null\ndate +%s.%N > {stamp}\n")
+    t0 = time.time()
+    _proc.run(["sbatch", "--parsable", "--partition=debug", str(script)])
+    while not (stamp.exists() and stamp.read_text().strip()):
+        time.sleep(0.01)
+    started = float(stamp.read_text())
+    wait_empty()
+    return started - t0
+
+
+def import_time() -> float:
+    t0 = time.perf_counter()
+    _proc.run([sys.executable, "-c", "import distributed"], timeout=120)
+    return time.perf_counter() - t0
 
 
 def ctrlstack_scale(n: int) -> float:
@@ -97,13 +125,15 @@ def plain_run(n: int, log_dir: str) -> dict[str, float]:
     cluster = _plain(log_dir)
     client = Client(cluster)
     cluster.scale(n)
+    client.wait_for_workers(1, timeout=300)
+    first = time.perf_counter() - t0
     client.wait_for_workers(n, timeout=300)
     launch = time.perf_counter() - t0
     t1 = time.perf_counter()
     client.close()
     cluster.close()
     stop = time.perf_counter() - t1 + wait_empty()
-    return {"launch": launch, "stop": stop}
+    return {"launch": launch, "stop": stop, "first": first}
 
 
 def plain_scale(n: int, log_dir: str) -> float:
@@ -154,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     def ours() -> None:
         run = ctrlstack_run(n)
         record("ctrlstack launch", run["launch"])
+        record("ctrlstack launch returned", run["returned"])
+        record("ctrlstack first worker", run["first"])
         record("ctrlstack stop->empty", run["stop"])
         record("ctrlstack scale-up", ctrlstack_scale(n))
 
@@ -161,23 +193,43 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as logs:
             run = plain_run(n, logs)
             record("plain launch", run["launch"])
+            record("plain first worker", run["first"])
             record("plain stop->empty", run["stop"])
             record("plain scale-up", plain_scale(n, logs))
 
     def packed() -> None:
-        record("ctrlstack packed launch", ctrlstack_run(n, per_job=2)["launch"])
+        run = ctrlstack_run(n, per_job=2)
+        record("ctrlstack packed launch", run["launch"])
+        record("ctrlstack packed first worker", run["first"])
+        record("ctrlstack packed stop->empty", run["stop"])
 
-    sides = [("ctrlstack", ours), ("plain", plain), ("packed", packed)]
+    def nanny() -> None:
+        record("ctrlstack nanny launch", ctrlstack_run(n, nanny=True)["launch"])
+
+    def breakdown() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            record("breakdown: sbatch -> job runs", job_latency(tmp))
+        record("breakdown: import distributed", import_time())
+
+    sides = [
+        ("ctrlstack", ours),
+        ("plain", plain),
+        ("packed", packed),
+        ("nanny", nanny),
+        ("breakdown", breakdown),
+    ]
     try:
         for r in range(args.repeat):
             order = sides[r % len(sides) :] + sides[: r % len(sides)]
-            print(f"repeat {r + 1}/{args.repeat}", flush=True)
+            load = os.getloadavg()
+            print(f"repeat {r + 1}/{args.repeat} (load {load[0]:.1f} {load[1]:.1f})", flush=True)
             for _, fn in order:
                 fn()
     finally:
         if own is not None:
             _proc.run([sys.executable, str(SCRIPT), "down", "--state", str(own)], timeout=300)
-    print(f"\nmedians over {args.repeat} repeats, {n} workers × 1 CPU, one worker per job:")
+    load = os.getloadavg()
+    print(f"\nmedians over {args.repeat} repeats, {n} workers × 1 CPU (load now {load[0]:.1f}):")
     for key in sorted(results):
         print(f"  {key:26s} {_median(results[key]):6.2f} s")
     ratio = _median(results["ctrlstack launch"]) / _median(results["plain launch"])
@@ -188,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  packed launch ratio ({n // 2} jobs × 2 workers vs plain {n} jobs): {packed_ratio:.2f}×"
     )
+    nanny_ratio = _median(results["ctrlstack nanny launch"]) / _median(results["plain launch"])
+    print(f"  nanny launch ratio (nanny: true, {n} jobs): {nanny_ratio:.2f}×")
     return 0
 
 

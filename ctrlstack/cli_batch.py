@@ -79,6 +79,11 @@ def script(profile: str, name: str) -> None:
 @click.option("--interface", default=None, help="Network interface the workers listen on.")
 @click.option("--local-directory", default=None)
 @click.option("--resource", "resources", multiple=True, help="Worker resource NAME=NUMBER.")
+@click.option(
+    "--nanny",
+    is_flag=True,
+    help="One nanny per worker (restarts on memory limit) instead of forked workers.",
+)
 def worker(
     scheduler: str,
     name: str,
@@ -93,13 +98,15 @@ def worker(
     interface: str | None,
     local_directory: str | None,
     resources: tuple[str, ...],
+    nanny: bool,
 ) -> None:
     """Start pinned Dask workers for SCHEDULER inside a batch job (run by ctrlstack's jobs).
 
-    Plans WORKERS × THREADS on the CPUs this job may use, starts one nanny per slot and waits
-    until they exit.  TLS credentials come from the directory in $CTRLSTACK_CREDENTIALS.
+    Plans WORKERS × THREADS on the CPUs this job may use, forks one pinned worker per slot
+    (or, with --nanny, starts one nanny per slot) and waits until they exit.  TLS credentials
+    come from the directory in $CTRLSTACK_CREDENTIALS.
     """
-    from ctrlstack.deploy.worker import NodeRequest, run_workers
+    from ctrlstack.deploy.worker import NodeRequest, fork_workers, run_workers
 
     logging.basicConfig(
         level=logging.INFO,
@@ -122,7 +129,9 @@ def worker(
         local_directory=local_directory,
         resources=_resources(resources),
     )
-    sys.exit(asyncio.run(run_workers(request)))
+    if nanny:
+        sys.exit(asyncio.run(run_workers(request)))
+    sys.exit(fork_workers(request))  # before any event loop: fork() copies only this thread
 
 
 if __name__ == "__main__":  # `python -m ctrlstack.cli_batch worker ...`: what job scripts run

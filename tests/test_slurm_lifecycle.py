@@ -182,3 +182,68 @@ def test_killed_supervisor_jobs_are_cancelled_by_list(slurm: Any, state_dir: Pat
     assert [(s.name, s.state) for s in listed] == [("orphan", "dead")]
     assert slurm.wait_empty(10) == []
     assert ctrlstack.clusters() == []
+
+
+def _per_job(client: Any) -> dict[str, list[dict[str, Any]]]:
+    from ctrlstack.deploy.worker import job_placement
+
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for info in client.run(job_placement).values():
+        jobs.setdefault(info["job_id"], []).append(info)
+    return jobs
+
+
+def test_packed_cluster_scales_by_worker_inside_jobs(slurm: Any, state_dir: Path) -> None:
+    """2 jobs × 2 forked workers: 4→3 keeps both jobs (one with 1 worker) and every result,
+    →1 cancels the emptied job, →4 adds jobs (the partly used one is not refilled)."""
+    from ctrlstack.topology.cpuset import parse_cpulist
+
+    cluster = ctrlstack.launch("slurm-cpu", name="packed", workers=4, workers_per_job=2, cores=2)
+    try:
+        cluster.wait_for_workers(4, timeout=90)
+        client = cluster.client()
+        try:
+            jobs = _per_job(client)
+            assert len(jobs) == 2
+            assert sorted(len(w) for w in jobs.values()) == [2, 2]
+            assert sorted(slurm.queue()) == sorted(jobs)
+            for infos in jobs.values():  # pinning inside the packed job
+                used = []
+                for info in infos:
+                    cpus = set().union(*(parse_cpulist(t["affinity"]) for t in info["threads"]))
+                    assert cpus == parse_cpulist(info["slot_cpus"]), info
+                    assert cpus <= parse_cpulist(info["job_cpus"]), info
+                    used.append(cpus)
+                assert not used[0] & used[1], used
+            # Random results: a recomputed one would differ, so equality proves none was lost.
+            futures = client.map(lambda i: os.urandom(16), range(24), pure=False)
+            before = client.gather(futures)
+            assert len({w for ws in client.who_has(futures).values() for w in ws}) == 4
+
+            cluster.scale(3)
+            _until("3 workers", lambda: len(client.scheduler_info()["workers"]) == 3, 30)
+            assert sorted(len(w) for w in _per_job(client).values()) == [1, 2]
+            assert sorted(slurm.queue()) == sorted(jobs)  # both jobs still run
+            assert client.gather(futures) == before
+
+            cluster.scale(1)
+            _until("1 worker", lambda: len(client.scheduler_info()["workers"]) == 1, 30)
+            _until("1 job in the queue", lambda: len(slurm.queue()) == 1, 20)
+            (kept,) = slurm.queue()
+            assert kept in jobs
+            assert client.gather(futures) == before
+
+            cluster.scale(4)
+            cluster.wait_for_workers(4, timeout=90)
+            sizes = {j: len(w) for j, w in _per_job(client).items()}
+            assert sizes[kept] == 1
+            assert sorted(sizes.values()) == [1, 1, 2]
+            assert len(slurm.queue()) == 3
+            assert cluster.status().requested == 4
+            assert client.gather(futures) == before
+            del futures
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
+    assert slurm.wait_empty(10) == []

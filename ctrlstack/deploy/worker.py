@@ -16,6 +16,19 @@ script; the files are 0600 in the owner's 0700 directory) and is checked by
 Walltime: ``lifetime`` (seconds from now) is passed to distributed's worker ``lifetime``, which
 retires the worker gracefully — it stops taking tasks and hands its data to other workers —
 before the batch system kills the job.
+
+Start-up (:func:`fork_workers`, the default): this process imports ``distributed`` once, plans,
+then forks one child per slot *before* any event loop or thread of its own exists.  Each
+child sets its slot's environment and pins itself before anything imports Numba or starts a
+BLAS/Numba pool (the order :mod:`ctrlstack.topology.pin` explains), then runs a plain
+``distributed.Worker``.  A job with N workers thus costs one interpreter start instead of 2N
+(a nanny per worker, each spawning a fresh interpreter that imports ``distributed`` again) —
+on a busy node that is most of the start-up time.  The parent stays as the job's process: it
+forwards SIGTERM/SIGINT to its children and exits when the last one has, so a worker retired on
+its own (``retire_workers`` on a packed job) leaves the others running.  The price is
+what only a nanny does: restarting a worker that hit the memory ``terminate`` fraction or
+``client.restart()``; ``--nanny`` (profile ``slurm.nanny: true``) keeps the nanny path
+(:func:`run_workers`).
 """
 
 from __future__ import annotations
@@ -33,10 +46,10 @@ from ctrlstack.deploy.batch.script import CREDENTIALS_ENV
 from ctrlstack.deploy.local import PRELOAD, SLOT_ENV
 from ctrlstack.errors import UserError
 from ctrlstack.topology.discover import discover, job_context
-from ctrlstack.topology.pin import worker_env
+from ctrlstack.topology.pin import set_parent_death_signal, worker_env
 from ctrlstack.topology.plan import Plan, plan
 
-__all__ = ["NodeRequest", "node_plan", "run_workers", "worker_names"]
+__all__ = ["NodeRequest", "fork_workers", "node_plan", "run_workers", "worker_names"]
 
 logger = logging.getLogger("ctrlstack.worker")
 
@@ -95,17 +108,7 @@ async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     security = _credentials_security(environ)
     layout = node_plan(request)
-    context = job_context()
-    logger.info(
-        "job %s: %d worker(s) × %d CPUs (policy %s) on CPUs %s",
-        environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or "?",
-        layout.workers,
-        layout.threads,
-        layout.policy,
-        context.get("affinity"),
-    )
-    for note in context.get("notes", []):
-        logger.warning("%s", note)
+    _log_layout(layout, environ)
     task_threads = request.task_threads or layout.threads
     extra: dict[str, Any] = {}
     if request.lifetime is not None:
@@ -156,6 +159,127 @@ async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = 
     return 0
 
 
+def _worker_options(request: NodeRequest, task_threads: int) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if request.lifetime is not None:
+        extra["lifetime"] = max(1.0, request.lifetime)
+    if request.local_directory:
+        extra["local_directory"] = request.local_directory
+    if request.resources:
+        extra["resources"] = dict(request.resources)
+    return {
+        "name": None,
+        "nthreads": task_threads,
+        "memory_limit": request.memory_limit,
+        "interface": request.interface,
+        "protocol": "tls",
+        "preload": [PRELOAD],
+        "death_timeout": request.death_timeout,
+        **extra,
+    }
+
+
+async def _serve_one(scheduler: str, security: Any, options: dict[str, Any]) -> int:
+    """In a forked child: run one ``Worker`` until it closes (retired, lifetime, SIGTERM)."""
+    from distributed import Worker
+
+    worker = Worker(scheduler, security=security, dashboard=False, **options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.close()))
+    await worker
+    await worker.finished()
+    return 0
+
+
+def _child(
+    request: NodeRequest, security: Any, env: Mapping[str, str], options: dict[str, Any]
+) -> int:
+    """Body of a forked worker: environment and pinning first, then the worker."""
+    from ctrlstack.topology.pin import apply_from_env
+
+    parent = os.getppid()
+    os.environ.update(env)
+    if set_parent_death_signal() and os.getppid() != parent:
+        return 1  # the job's process died before the signal was armed
+    apply_from_env()  # pins this (only) thread; threads made later inherit the mask
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    return asyncio.run(_serve_one(request.scheduler, security, options))
+
+
+def fork_workers(request: NodeRequest, environ: Mapping[str, str] | None = None) -> int:
+    """Plan, fork one pinned ``Worker`` per slot, wait for all of them; return an exit code.
+
+    Must be called before this process starts an event loop or threads (``fork`` copies only
+    the calling thread).  The parent forwards SIGTERM/SIGINT to its children and reaps them; it
+    returns 0 when every child exited 0, else 1.
+    """
+    environ = os.environ if environ is None else environ
+    security = _credentials_security(environ)
+    layout = node_plan(request)
+    _log_layout(layout, environ)
+    task_threads = request.task_threads or layout.threads
+    children: dict[int, str] = {}
+    for slot, name in zip(layout.slots, worker_names(request.name, layout.workers), strict=True):
+        env = worker_env(slot, task_threads, pin=layout.pinned)
+        env[SLOT_ENV] = str(slot.index)
+        options = {**_worker_options(request, task_threads), "name": name}
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, measured by the Slurm tests
+            code = 1
+            try:
+                code = _child(request, security, env, options)
+            except BaseException:  # a child must never return into the parent's code
+                logger.exception("worker %s failed", name)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = name
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = False
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        name = children.pop(pid, "?")
+        code = os.waitstatus_to_exitcode(status)
+        (logger.info if code == 0 else logger.warning)("worker %s exited (%d)", name, code)
+        failed = failed or code != 0
+    return 1 if failed else 0
+
+
+def _log_layout(layout: Plan, environ: Mapping[str, str]) -> None:
+    context = job_context()
+    logger.info(
+        "job %s: %d worker(s) × %d CPUs (policy %s) on CPUs %s",
+        environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID") or "?",
+        layout.workers,
+        layout.threads,
+        layout.policy,
+        context.get("affinity"),
+    )
+    for note in context.get("notes", []):
+        logger.warning("%s", note)
+
+
+def queue_job_id(environ: Mapping[str, str]) -> str | None:
+    """The id the queue shows for this job: ``123_4`` for task 4 of array 123 (Slurm gives an
+    array task its own ``SLURM_JOB_ID`` too, which ``squeue``/``scancel`` do not show), else
+    ``SLURM_JOB_ID`` or ``PBS_JOBID``."""
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return environ.get("SLURM_JOB_ID") or environ.get("PBS_JOBID")
+
+
 def job_placement(dask_worker: Any = None) -> dict[str, Any]:
     """Inside a batch worker (``client.run``): :func:`~ctrlstack.topology.pin.placement` plus the
     job it runs in and the CPUs of the job's own process (the nanny, which is not pinned), so
@@ -167,6 +291,6 @@ def job_placement(dask_worker: Any = None) -> dict[str, Any]:
 
     info = placement(dask_worker)
     parent = psutil.Process().parent()
-    info["job_id"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    info["job_id"] = queue_job_id(os.environ)
     info["job_cpus"] = format_cpulist(parent.cpu_affinity()) if parent is not None else None
     return info

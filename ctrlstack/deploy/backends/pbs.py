@@ -51,9 +51,9 @@ class PBSBackend(SlurmBackend):
     #: PBS arrays (``-J``, ids ``123[4]``) are built by the builders but not wired yet.
     array_supported: ClassVar[bool] = False
 
-    def job_script(self, scheduler: str, name: str) -> str:
+    def job_script(self, scheduler: str, name: str, workers: int | None = None) -> str:
         return P.job_script(
-            self.opts,
+            self.opts_for(workers),
             scheduler=scheduler,
             name=name,
             credentials=self.credentials_dir,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from ctrlstack.deploy.backends._jobqueue import JobQueueCluster, SLURMJob
 from ctrlstack.deploy.backends.base import Backend, BackendReport
 from ctrlstack.deploy.batch import slurm as S
 from ctrlstack.deploy.batch.options import BatchOptions, resolve
+from ctrlstack.deploy.batch.packing import ScalePlan, group_suffixes, plan_scale
 from ctrlstack.deploy.status import JobStatus, WorkerStatus
 from ctrlstack.deploy.worker import worker_names
 from ctrlstack.errors import Failure, UserError
@@ -108,29 +110,37 @@ class _CtrlstackJob:
     cancellation through the backend (and :mod:`ctrlstack._proc`), errors reported."""
 
     backend: SlurmBackend
+    workers: int
     name: Any
     scheduler: Any
     job_id: str | None
     status: Status
 
     def _setup(self, backend: SlurmBackend, kwargs: dict[str, Any]) -> dict[str, Any]:
-        opts = backend.opts
-        kwargs.update(cores=opts.cores, memory=opts.memory, processes=opts.workers_per_job)
+        # ``processes`` is this job's worker count: the profile's, or fewer for the job that
+        # takes the remainder of a scale-up (see ctrlstack.deploy.batch.packing).
+        workers = int(kwargs.get("processes") or backend.opts.workers_per_job)
+        opts = backend.opts_for(workers)
+        kwargs.update(cores=opts.cores, memory=opts.memory, processes=workers)
         kwargs["python"] = opts.python
         self.backend = backend
+        self.workers = workers
         return kwargs
 
     def job_script(self) -> str:
-        return self.backend.job_script(str(self.scheduler or PLACEHOLDER), str(self.name))
+        return self.backend.job_script(
+            str(self.scheduler or PLACEHOLDER), str(self.name), workers=self.workers
+        )
 
     async def start(self) -> None:
+        name = str(self.name)
         try:
-            self.job_id = await self.backend.submit_job(str(self.name), str(self.scheduler))
+            self.job_id = await self.backend.submit_job(name, str(self.scheduler), self.workers)
         except Exception as exc:
             self.status = Status.failed
-            self.backend.submit_failed(str(self.name), exc)
+            self.backend.submit_failed(name, exc)
             raise
-        self.backend.submitted(str(self.name), self.job_id)
+        self.backend.submitted(name, self.job_id, self.workers)
         self.status = Status.running
 
     async def close(self) -> None:
@@ -153,23 +163,121 @@ class CtrlstackSlurmJob(_CtrlstackJob, SLURMJob):
 
 
 class RetiringJobQueueCluster(JobQueueCluster):
-    """dask-jobqueue's cluster, retiring workers *by name* before their job is cancelled.
+    """dask-jobqueue's cluster, retiring workers *by name*, and scaling packed jobs by worker.
 
     ``SpecCluster`` asks the scheduler to retire the jobs it drops (scale-down, walltime) by
     passing spec names as worker *addresses*, which match nothing: the job is then cancelled with
     its workers' results still on them, and the scheduler recomputes them.  Retiring the job's
     workers by name first moves their data to the remaining workers.
+
+    With several workers per job, :meth:`scale` reaches exactly ``n`` workers
+    (:func:`~ctrlstack.deploy.batch.packing.plan_scale`): single workers of a running job are
+    retired and the job keeps running; a job is cancelled only when no worker of it is left;
+    scale-up adds jobs, the last one with only the remainder.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._retired: set[str] = set()  # workers retired inside jobs that still run
+        self._groups: dict[str, list[str]] = {}  # job name -> its workers' names
+        super().__init__(*args, **kwargs)
+
+    # ------------------------------------------------------------------ worker names
+    def job_worker_names(self, job: Any) -> list[str]:
+        """Every worker name of job ``job`` (retired ones included)."""
+        name = str(job)
+        spec = self.worker_spec.get(job) or self.worker_spec.get(name)
+        if spec is not None:
+            self._groups[name] = [name + suffix for suffix in spec.get("group", [""])]
+        return self._groups.get(name, [name])
+
+    def live_workers(self) -> dict[str, list[str]]:
+        """Job name -> its workers that are not retired, in the order the jobs were made."""
+        return {
+            str(job): [w for w in self.job_worker_names(job) if w not in self._retired]
+            for job in self.worker_spec
+        }
+
+    def _connected_names(self) -> set[str]:
+        scheduler = self.scheduler
+        if scheduler is not None and hasattr(scheduler, "workers"):
+            return {str(ws.name) for ws in scheduler.workers.values()}
+        return {str(w.get("name")) for w in self.scheduler_info.get("workers", {}).values()}
+
+    def scale_plan(self, n: int) -> ScalePlan:
+        """What :meth:`scale` would change (not ``plan``: SpecCluster has that property)."""
+        return plan_scale(self.live_workers(), self._connected_names(), n, self._per_job)
+
+    @property
+    def _per_job(self) -> int:
+        return int(self._job_kwargs.get("processes") or 1)
+
+    def new_worker_spec(self) -> dict[Any, Any]:
+        """Like ``SpecCluster``'s, but never reuses a name: a job dropped by a scale-down may
+        still be closing under its name when the next scale-up asks for one."""
+        while True:
+            name = self._new_worker_name(self._i)
+            self._i += 1
+            taken = name in self.worker_spec or name in self.workers or str(name) in self._groups
+            if not taken:
+                return {name: self.new_spec}
+
+    def _job_spec(self, workers: int) -> dict[Any, Any]:
+        ((name, spec),) = self.new_worker_spec().items()
+        if workers == self._per_job:
+            return {name: spec}
+        options = {**spec["options"], "processes": workers}
+        sized = {**spec, "options": options, "group": group_suffixes(workers)}
+        if workers == 1:
+            sized.pop("group")
+        return {name: sized}
+
+    # ------------------------------------------------------------------ scaling
+    def scale(  # type: ignore[override]  # dask-jobqueue's signature (jobs=)
+        self, n: int | None = None, jobs: int = 0, memory: Any = None, cores: Any = None
+    ) -> Any:
+        if n is None or memory is not None or cores is not None or self._per_job == 1:
+            return super().scale(n, jobs=jobs, memory=memory, cores=cores)
+        plan = self.scale_plan(int(n))
+        for job in plan.drop:
+            self.worker_spec.pop(job, None)
+        if self.status not in (Status.closing, Status.closed):
+            for workers in plan.add:
+                self.worker_spec.update(self._job_spec(workers))
+        loop = self.loop
+        assert loop is not None
+        if plan.retire:
+            self._retired.update(plan.retire)
+            loop.add_callback(self._retire_names, list(plan.retire))
+        loop.add_callback(self._correct_state)
+        if self.asynchronous:
+            from distributed.utils import NoOpAwaitable
+
+            return NoOpAwaitable()
+        return None
+
+    async def _retire_names(self, names: list[str]) -> None:
+        if self.scheduler_comm is None:
+            return
+        try:
+            await self.scheduler_comm.retire_workers(names=names, close_workers=True)
+        except Exception:  # the job still runs; the status shows its workers
+            logger.exception("retiring workers %s failed", names)
+
     async def _correct_state_internal(self) -> None:
+        for job in self.worker_spec:
+            self.job_worker_names(job)  # remember the names of jobs about to be dropped
         to_close = set(self.workers) - set(self.worker_spec)
         scheduler = self.scheduler
         closing = self.status in (Status.closing, Status.closed)  # stop: nothing to hand over
         if to_close and not closing and scheduler is not None and self.scheduler_comm is not None:
-            per_job = int(self._job_kwargs.get("processes") or 1)
-            names = [w for job in to_close for w in worker_names(str(job), per_job)]
-            with contextlib.suppress(Exception):
-                await self.scheduler_comm.retire_workers(names=names, close_workers=True)
+            names = [
+                w for job in to_close for w in self.job_worker_names(job) if w not in self._retired
+            ]
+            if names:
+                with contextlib.suppress(Exception):
+                    await self.scheduler_comm.retire_workers(names=names, close_workers=True)
+        for job in to_close:
+            self._retired.difference_update(self._groups.pop(str(job), []))
         await super()._correct_state_internal()
 
 
@@ -191,7 +299,8 @@ class SlurmBackend(Backend):
         self._errors: list[JobStatus] = []  # submissions that failed
         self._status_failed_since: float | None = None
         self._replaced: set[str] = set()  # job ids whose walltime replacement was submitted
-        self._pending: list[tuple[str, asyncio.Future[str]]] = []  # jobs to submit together
+        # jobs to submit together: name, workers, the future of its job id
+        self._pending: list[tuple[str, int | None, asyncio.Future[str]]] = []
         self._sacct = True
 
     # ------------------------------------------------------------------ paths and script
@@ -219,10 +328,24 @@ class SlurmBackend(Backend):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return directory / f"{name}.sh"
 
-    def job_script(self, scheduler: str, name: str) -> str:
+    def opts_for(self, workers: int | None) -> BatchOptions:
+        """The options of a job with ``workers`` workers: the profile's, or for the smaller job
+        that takes a scale-up's remainder, its share of the job's CPUs and memory."""
+        opts = self.opts
+        per_job = opts.workers_per_job
+        if workers is None or workers == per_job:
+            return opts
+        return dataclasses.replace(
+            opts,
+            workers_per_job=workers,
+            cores=max(workers, opts.cores * workers // per_job),
+            memory=opts.memory * workers // per_job,
+        )
+
+    def job_script(self, scheduler: str, name: str, workers: int | None = None) -> str:
         """The exact script submitted for job ``name`` (``ctrlstack script`` prints it)."""
         return S.job_script(
-            self.opts,
+            self.opts_for(workers),
             scheduler=scheduler,
             name=name,
             credentials=self.credentials_dir,
@@ -234,46 +357,53 @@ class SlurmBackend(Backend):
     #: Whether several jobs of one scale-up may go out as one array (``slurm.array``).
     array_supported: ClassVar[bool] = True
 
-    async def submit_job(self, name: str, scheduler: str) -> str:
+    async def submit_job(self, name: str, scheduler: str, workers: int | None = None) -> str:
         """Submit job ``name``; jobs asked for in the same moment (one scale-up) go out as one
-        ``sbatch --array`` when the profile allows, each getting its task's id (``123_4``)."""
+        ``sbatch --array`` per job size when the profile allows, each getting its task's id
+        (``123_4``)."""
         loop = asyncio.get_running_loop()
         if not (self.opts.array and self.array_supported):
-            return await asyncio.to_thread(self._submit_one, name, scheduler)
+            return await asyncio.to_thread(self._submit_one, name, scheduler, workers)
         future: asyncio.Future[str] = loop.create_future()
-        self._pending.append((name, future))
+        self._pending.append((name, workers, future))
         if len(self._pending) == 1:
             # Every Job of one _correct_state starts in the same loop iteration: collect them.
             loop.call_later(ARRAY_GATHER, lambda: asyncio.ensure_future(self._flush(scheduler)))
         return await future
 
-    def _submit_one(self, name: str, scheduler: str) -> str:
+    def _submit_one(self, name: str, scheduler: str, workers: int | None = None) -> str:
         script = self.script_path(name)
-        script.write_text(self.job_script(scheduler, name))
+        script.write_text(self.job_script(scheduler, name, workers))
         return self.submit(str(script), name)
 
     async def _flush(self, scheduler: str) -> None:
-        batch, self._pending = self._pending, []
-        names = [name for name, _ in batch]
-        try:
-            if len(names) == 1:
-                ids = [await asyncio.to_thread(self._submit_one, names[0], scheduler)]
-            else:
-                ids = await asyncio.to_thread(self._submit_array, names, scheduler)
-        except Exception as exc:  # noqa: BLE001 - every waiting job gets the error
-            for _, future in batch:
+        pending, self._pending = self._pending, []
+        sizes: dict[int | None, list[tuple[str, asyncio.Future[str]]]] = {}
+        for name, workers, future in pending:
+            sizes.setdefault(workers, []).append((name, future))
+        for workers, batch in sizes.items():
+            names = [name for name, _ in batch]
+            try:
+                if len(names) == 1:
+                    ids = [await asyncio.to_thread(self._submit_one, names[0], scheduler, workers)]
+                else:
+                    ids = await asyncio.to_thread(self._submit_array, names, scheduler, workers)
+            except Exception as exc:  # noqa: BLE001 - every waiting job gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), job_id in zip(batch, ids, strict=True):
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), job_id in zip(batch, ids, strict=True):
-            if not future.done():
-                future.set_result(job_id)
+                    future.set_result(job_id)
 
-    def _submit_array(self, names: list[str], scheduler: str) -> list[str]:
+    def _submit_array(
+        self, names: list[str], scheduler: str, workers: int | None = None
+    ) -> list[str]:
         script = self.script_path(f"{names[0]}-array{len(names)}")
         script.write_text(
             S.job_script(
-                self.opts,
+                self.opts_for(workers),
                 scheduler=scheduler,
                 name=names[0],
                 credentials=self.credentials_dir,
@@ -344,7 +474,7 @@ class SlurmBackend(Backend):
             scheduler_options["host"] = hostname()
         cluster = RetiringJobQueueCluster(
             n_workers=workers,
-            job_cls=self.job_cls,  # type: ignore[arg-type]  # dask-jobqueue annotates an instance
+            job_cls=self.job_cls,
             security=self.security,
             protocol="tls://",
             scheduler_options=scheduler_options,
@@ -381,6 +511,20 @@ class SlurmBackend(Backend):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise UserError(f"number of workers must be an integer >= 0, got {n!r}")
         limit = self.max_workers
+        cluster = self.cluster
+        if (
+            self.opts.max_jobs is not None
+            and isinstance(cluster, RetiringJobQueueCluster)
+            and self.opts.workers_per_job > 1
+        ):
+            # Partly used jobs are not refilled: count the jobs this scale would leave queued.
+            jobs = cluster.scale_plan(n).jobs_after()
+            if jobs > self.opts.max_jobs:
+                raise UserError(
+                    f"{n} workers need {jobs} jobs here (partly used jobs are not refilled), but "
+                    f"profile {self.spec.profile!r} allows at most {self.opts.max_jobs} queued "
+                    f"jobs (slurm.max-jobs): scale down first, or ask for fewer workers"
+                )
         if limit is not None and n > limit:
             raise UserError(
                 f"{n} workers need {math.ceil(n / self.opts.workers_per_job)} jobs of "
@@ -396,13 +540,13 @@ class SlurmBackend(Backend):
         return self.opts.max_jobs * self.opts.workers_per_job
 
     # ------------------------------------------------------------------ job bookkeeping
-    def submitted(self, name: str, job_id: str) -> None:
+    def submitted(self, name: str, job_id: str, workers: int | None = None) -> None:
         self._names[job_id] = name
         self._submitted.append(job_id)
         self._jobs[job_id] = JobStatus(
             job_id=job_id,
             state="PENDING",
-            workers=self.opts.workers_per_job,
+            workers=workers or self.opts.workers_per_job,
             submitted=time.time(),
             log=self.job_log(job_id),
         )
@@ -432,13 +576,13 @@ class SlurmBackend(Backend):
     # ------------------------------------------------------------------ status
     def report(self) -> BackendReport:
         cluster = self.cluster
-        per_job = self.opts.workers_per_job
         workers: list[WorkerStatus] = []
         ids = {name: job_id for job_id, name in self._names.items()}
+        live = self._live_workers()
         if cluster is not None:
-            for name in cluster.worker_spec:
-                job_id = ids.get(str(name))
-                for wname in worker_names(str(name), per_job):
+            for name, names in live.items():
+                job_id = ids.get(name)
+                for wname in names:
                     workers.append(
                         WorkerStatus(
                             name=wname,
@@ -448,18 +592,41 @@ class SlurmBackend(Backend):
                             job_id=job_id,
                         )
                     )
-        live = [s for j, s in self._jobs.items() if s.state not in S.FINISHED]
+        queued = [s for j, s in self._jobs.items() if s.state not in S.FINISHED]
         ended = [s for j, s in self._jobs.items() if s.state in S.FINISHED][-10:]
         return BackendReport(
-            requested=len(cluster.worker_spec) * per_job if cluster is not None else 0,
+            requested=sum(len(names) for names in live.values()),
             max_workers=self.max_workers,
             threads=self.opts.threads or 0,
             task_threads=self.opts.task_threads or self.opts.threads or 0,
             policy=self.opts.policy,
             pinned=self.opts.policy != "none",
             workers=workers,
-            jobs=[*live, *ended, *self._errors],
+            jobs=[*queued, *ended, *self._errors],
         )
+
+    def _live_workers(self) -> dict[str, list[str]]:
+        """Job name -> its workers not retired (every planned job, connected or not)."""
+        cluster = self.cluster
+        if cluster is None:
+            return {}
+        if isinstance(cluster, RetiringJobQueueCluster):
+            return cluster.live_workers()
+        per_job = self.opts.workers_per_job
+        return {str(job): worker_names(str(job), per_job) for job in cluster.worker_spec}
+
+    def _size(self, name: str) -> int:
+        """How many workers job ``name`` still has (a replacement of a partly used job does not
+        bring back the workers scaled away)."""
+        return len(self._live_workers().get(name, ())) or self.opts.workers_per_job
+
+    def _replacement(self, size: int) -> dict[Any, Any]:
+        """A new job spec of ``size`` workers."""
+        cluster = self.cluster
+        assert cluster is not None
+        if isinstance(cluster, RetiringJobQueueCluster):
+            return cluster._job_spec(size)
+        return dict(cluster.new_worker_spec())
 
     # ------------------------------------------------------------------ polling
     def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus] | None:
@@ -544,7 +711,7 @@ class SlurmBackend(Backend):
             if left <= opts.retire_before + lead and job_id not in self._replaced:
                 logger.info("job %s ends in %.0f s: submitting its replacement", job_id, left)
                 self._replaced.add(job_id)
-                cluster.worker_spec.update(cluster.new_worker_spec())
+                cluster.worker_spec.update(self._replacement(self._size(name)))
                 changed = True
             if left <= opts.retire_before:
                 logger.info("job %s ends in %.0f s: retiring its workers", job_id, left)
@@ -559,20 +726,21 @@ class SlurmBackend(Backend):
         if cluster is None or cluster.scheduler is None:
             return
         names = {str(ws.name) for ws in cluster.scheduler.workers.values()}
-        for job_name in list(cluster.worker_spec):
-            if any(w in names for w in worker_names(str(job_name), self.opts.workers_per_job)):
-                self._connected.add(str(job_name))
+        for job_name, workers in self._live_workers().items():
+            if any(w in names for w in workers):
+                self._connected.add(job_name)
 
     async def _replace_ended(self, ended: Sequence[str]) -> None:
         """Drop ended jobs from the cluster now; submit replacements for the ones that ran."""
         cluster = self.cluster
         if cluster is None or not ended or cluster.status in (Status.closing, Status.closed):
             return
-        replace = 0
+        replace: list[int] = []
         for job_id in ended:
             name = self._names.get(job_id)
             if job_id in self._cancelled or name is None or name not in cluster.worker_spec:
                 continue  # we cancelled it (scale-down, stop) or it is gone from the plan
+            size = self._size(name)
             cluster.worker_spec.pop(name, None)
             job = cluster.workers.pop(name, None)
             if job is not None:
@@ -582,10 +750,10 @@ class SlurmBackend(Backend):
                 logger.error("job %s failed before its workers connected; not resubmitted", job_id)
                 continue
             logger.warning("job %s ended (%s); submitting a replacement", job_id, status.state)
-            replace += 1
+            replace.append(size)
         if replace:
-            for _ in range(replace):
-                cluster.worker_spec.update(cluster.new_worker_spec())
+            for size in replace:
+                cluster.worker_spec.update(self._replacement(size))
             await cluster._correct_state()
 
     # ------------------------------------------------------------------ clean-up

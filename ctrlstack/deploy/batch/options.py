@@ -73,6 +73,7 @@ class BatchOptions:
     poll_interval: float = 5.0
     max_jobs: int | None = None
     array: bool = True
+    nanny: bool = False  # one nanny per worker instead of forked workers
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     resources: Mapping[str, float] = field(default_factory=dict, hash=False)
     local_directory: str | None = None
@@ -188,6 +189,7 @@ def resolve(spec: ClusterSpec, *, cluster_name: str | None = None) -> BatchOptio
         poll_interval=float(_get(section, "poll-interval", 5)),
         max_jobs=None if max_jobs is None else int(max_jobs),
         array=bool(_get(section, "array", True)),
+        nanny=bool(_get(section, "nanny", False)),
         env=dict(spec.env),
         resources=dict(spec.worker_options.get("resources") or {}),
         local_directory=spec.worker_options.get("local_directory"),

@@ -65,6 +65,7 @@ class WorkerCommand:
     interface: str | None = None
     local_directory: str | None = None
     resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+    nanny: bool = False
 
     def argv(self) -> list[str]:
         out = [self.python, "-m", "ctrlstack.cli_batch", "worker", self.scheduler]
@@ -86,6 +87,8 @@ class WorkerCommand:
             out += ["--local-directory", self.local_directory]
         for key, value in sorted(self.resources.items()):
             out += ["--resource", f"{key}={value:g}"]
+        if self.nanny:
+            out.append("--nanny")
         return out
 
 
@@ -154,6 +157,7 @@ def worker_command(opts: BatchOptions, *, scheduler: str, name: str) -> WorkerCo
         interface=opts.interface,
         local_directory=opts.local_directory,
         resources=opts.resources,
+        nanny=opts.nanny,
     )
 
 
