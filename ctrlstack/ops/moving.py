@@ -463,9 +463,9 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si
 
 
 @numba.njit(cache=True, nogil=True)
-def _var_task(
+def _var_task(  # type: ignore[no-untyped-def]  # pragma: no cover
     x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd, guard, chunk, tf, ti
-):  # type: ignore[no-untyped-def]  # pragma: no cover
+):
     """Moving var/std for ``o[start:stop]``: streaming chunks, exact block algorithm as fallback.
 
     ``guard <= 0`` means the window is too long for the streaming error bound to be useful
