@@ -354,21 +354,35 @@ def _moments_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, 
         b += length
 
 
+#: Sub-block of the streaming var/std loop: its three scratch rows (24 B per value) stay in L1.
+_SUB = 512
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Streaming (add/remove) shifted moments for ``o[c0:c1]``; False if it cannot be trusted.
 
     The sums restart exactly at ``c0`` (no drift carried between chunks) with the shift ``k``
     taken from the chunk's first window.  Rounding in a running sum is bounded by
     ``steps * eps * max|S2|`` (``S2`` = sum of squared shifted values), so the chunk is
-    trusted only if every emitted window has ``M2 * guard >= max S2 so far``, where ``guard``
+    trusted only if every emitted window has ``M2 * guard >= max S2``, where ``guard``
     (see :func:`_stream_guard`) turns that bound into a relative error below 1e-10 of the
-    window's own ``M2``.  That rejects exactly the windows where add/remove loses precision: a
-    huge value that entered (and left) the window, data drifting far from the shift, and any
-    ``inf`` (non-finite final sums).  The caller then recomputes the chunk with the exact block
-    algorithm (:func:`_moments_task`), so accuracy never depends on the data being benign.
-    Standard deviations are the square roots of the variances, taken in one vectorised pass
-    at the end of an accepted chunk.
+    window's own ``M2``; ``max S2`` is taken up to the end of the window's sub-block (a
+    larger value than the running maximum, so the test is, if anything, stricter).  That
+    rejects exactly the windows where add/remove loses precision: a huge value that entered
+    (and left) the window, data drifting far from the shift, and any ``inf`` (non-finite
+    final sums).  The caller then recomputes the chunk with the exact block algorithm
+    (:func:`_moments_task`), so accuracy never depends on the data being benign.
+
+    Speed: one fused loop (update, variance, square root, select per value) is scalar code
+    whose instruction count, not memory, bounds it (0.57x bottleneck at 1 thread).  So each
+    sub-block of ``_SUB`` values takes three passes over L1-resident scratch rows ``sf``
+    (2, _SUB) and ``si`` (_SUB,): (A) the entering-minus-leaving deltas, elementwise and
+    vectorised; (B) the running sums, the only loop-carried part (three independent add
+    chains, no other work); (C) variance, guard, square root and NaN select, elementwise and
+    vectorised with one division per value (``(n S2 - S1**2) / (n (n - ddof))``; table
+    lookups ``inv[n]`` would need gathers and kept the loop scalar).  The running sums see
+    exactly the additions of the fused loop, so the error bound is unchanged.
     """
     nan = np.nan
     k = _first_finite(x, c0 - w, c1, 0.0)
@@ -385,7 +399,7 @@ def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ig
     smax = s2
     flag = False
     head = min(c1, w)
-    for i in range(c0, head):  # nothing leaves the window yet
+    for i in range(c0, head):  # nothing leaves the window yet (only the row's first w values)
         v = x[i]
         ok = _ok(v)
         d = (v - k) if ok else 0.0
@@ -398,41 +412,60 @@ def _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):  # type: ig
         var = m2 * invd[n]
         if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
             var = 0.0
-        o[i] = var if n >= lim else nan
-    lo = max(c0, head)
-    xin = x[lo:c1]
-    xout = x[lo - w : c1 - w]
-    os = o[lo:c1]
-    for i in range(xin.shape[0]):  # 0-based over slices: no wraparound code
-        v = xin[i]
-        u = xout[i]
-        ok = _ok(v)
-        ok_u = _ok(u)
-        d = (v - k) if ok else 0.0
-        e = (u - k) if ok_u else 0.0
-        s1 += d - e
-        s2 += d * d - e * e
-        n += int(ok) - int(ok_u)
-        smax = max(smax, s2)
-        m2 = s2 - s1 * s1 * inv[n]
-        flag |= (m2 * guard < smax) & (n >= lim)
-        var = m2 * invd[n]
-        if var < 0.0:  # noqa: PLR1730
-            var = 0.0
-        os[i] = var if n >= lim else nan
-    ok = not flag and np.isfinite(s1) and np.isfinite(s2)
-    if ok and want_std:
-        # a separate pass over the (L1/L2-resident) chunk: here the square roots vectorise
-        # (4 per instruction with AVX2, 8 with AVX-512); inside the streaming loop each one
-        # was a scalar sqrt, whose throughput (not the running sums) bounded the loop
-        oc = o[c0:c1]
-        for i in range(oc.shape[0]):
-            oc[i] = np.sqrt(oc[i])
-    return ok
+        o[i] = np.sqrt(var) if want_std else var
+        if n < lim:
+            o[i] = nan
+    fd = np.float64(ddof)
+    p = max(c0, head)
+    while p < c1:
+        q = min(c1, p + _SUB)
+        m = q - p
+        xin = x[p:q]
+        xout = x[p - w : q - w]
+        a1 = sf[0, :m]
+        a2 = sf[1, :m]
+        an = si[:m]
+        for i in range(m):  # (A) deltas: elementwise, vectorised
+            v = xin[i]
+            u = xout[i]
+            ok = _ok(v)
+            ok_u = _ok(u)
+            d = (v - k) if ok else 0.0
+            e = (u - k) if ok_u else 0.0
+            a1[i] = d - e
+            a2[i] = d * d - e * e
+            an[i] = np.int64(ok) - np.int64(ok_u)
+        for i in range(m):  # (B) the running sums: three independent chains
+            s1 += a1[i]
+            s2 += a2[i]
+            n += an[i]
+            a1[i] = s1
+            a2[i] = s2
+            an[i] = n
+            smax = max(smax, s2)
+        os = o[p:q]
+        bad = 0
+        for i in range(m):  # (C) variance, guard, sqrt, select: elementwise, vectorised
+            t1 = a1[i]
+            nn = an[i]
+            fn = np.float64(nn)
+            m2n = a2[i] * fn - t1 * t1  # n * M2
+            good = nn >= lim
+            bad |= (m2n * guard < smax * fn) & good
+            var = m2n / (fn * (fn - fd))
+            if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
+                var = 0.0
+            r = np.sqrt(var) if want_std else var
+            os[i] = r if good else nan
+        flag |= bad != 0
+        p = q
+    return not flag and np.isfinite(s1) and np.isfinite(s2)
 
 
 @numba.njit(cache=True, nogil=True)
-def _var_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd, guard, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _var_task(  # type: ignore[no-untyped-def]  # pragma: no cover
+    x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd, guard, chunk, tf, ti
+):
     """Moving var/std for ``o[start:stop]``: streaming chunks, exact block algorithm as fallback.
 
     ``guard <= 0`` means the window is too long for the streaming error bound to be useful
@@ -445,7 +478,7 @@ def _var_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd
     c0 = start
     while c0 < stop:
         c1 = min(stop, c0 + chunk)
-        if not _stream_chunk(x, o, c0, c1, w, lim, want_std, inv, invd, guard):
+        if not _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, tf, ti):
             _moments_task(x, o, c0, c1, w, min_count, ddof, want_std, sf, si, inv, invd)
         c0 = c1
 
@@ -512,7 +545,25 @@ def _extreme_task(x, o, start, stop, w, min_count, is_max, sf, si):  # type: ign
 
 @numba.njit(cache=True, nogil=True)
 def _moments_worker(  # type: ignore[no-untyped-def]  # pragma: no cover
-    t, a2, out2, w, min_count, ddof, op, rows, starts, stops, tb, sf, si, inv, invd, guard, chunk
+    t,
+    a2,
+    out2,
+    w,
+    min_count,
+    ddof,
+    op,
+    rows,
+    starts,
+    stops,
+    tb,
+    sf,
+    si,
+    inv,
+    invd,
+    guard,
+    chunk,
+    tf,
+    ti,
 ):
     for k in range(tb[t], tb[t + 1]):
         r = rows[k]
@@ -534,12 +585,31 @@ def _moments_worker(  # type: ignore[no-untyped-def]  # pragma: no cover
                 invd,
                 guard,
                 chunk,
+                tf[t],
+                ti[t],
             )
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _moments(  # type: ignore[no-untyped-def]  # pragma: no cover
-    a2, out2, w, min_count, ddof, op, rows, starts, stops, tb, sf, si, inv, invd, guard, chunk
+    a2,
+    out2,
+    w,
+    min_count,
+    ddof,
+    op,
+    rows,
+    starts,
+    stops,
+    tb,
+    sf,
+    si,
+    inv,
+    invd,
+    guard,
+    chunk,
+    tf,
+    ti,
 ):
     for t in numba.prange(tb.shape[0] - 1):
         _moments_worker(
@@ -560,12 +630,31 @@ def _moments(  # type: ignore[no-untyped-def]  # pragma: no cover
             invd,
             guard,
             chunk,
+            tf,
+            ti,
         )
 
 
 @numba.njit(cache=True, nogil=True)
 def _moments_serial(  # type: ignore[no-untyped-def]  # pragma: no cover
-    a2, out2, w, min_count, ddof, op, rows, starts, stops, tb, sf, si, inv, invd, guard, chunk
+    a2,
+    out2,
+    w,
+    min_count,
+    ddof,
+    op,
+    rows,
+    starts,
+    stops,
+    tb,
+    sf,
+    si,
+    inv,
+    invd,
+    guard,
+    chunk,
+    tf,
+    ti,
 ):
     _moments_worker(
         0,
@@ -585,6 +674,8 @@ def _moments_serial(  # type: ignore[no-untyped-def]  # pragma: no cover
         invd,
         guard,
         chunk,
+        tf,
+        ti,
     )
 
 
@@ -728,6 +819,8 @@ def _run_numpy(
                 invd,
                 guard,
                 chunk,
+                np.empty((workers, 2, _SUB), dtype=np.float64),
+                np.empty((workers, _SUB), dtype=np.int64),
             )
     if tmp:
         np.moveaxis(out, ax, -1)[...] = o2.reshape(moved.shape)
