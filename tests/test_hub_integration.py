@@ -104,7 +104,8 @@ def test_spawn_reach_launch_a_cluster_as_the_user_stop(hub):
     assert status == 201, (status, cluster)
     assert cluster["state"] == "running", cluster
     status, rows = call(f"{api_a}/clusters", token_a)
-    assert status == 200 and [r["name"] for r in rows] == ["hubcl"], rows
+    assert status == 200, rows
+    assert [r["name"] for r in rows] == ["hubcl"], rows
     records = list(Path(pw.pw_dir, ".local", "state", "ctrlstack").rglob("hubcl*.json"))
     assert records, list(Path(pw.pw_dir).rglob("*"))
     assert all(r.stat().st_uid == pw.pw_uid for r in records)
@@ -117,7 +118,8 @@ def test_spawn_reach_launch_a_cluster_as_the_user_stop(hub):
     assert call(f"{api_a}/clusters", token_b)[0] in (403, 404)
     assert call(f"{api_a}/clusters/hubcl", token_b, "DELETE")[0] in (403, 404)
     status, rows_b = call(f"{api_b}/clusters", token_b)
-    assert status == 200 and rows_b == [], rows_b
+    assert status == 200, rows_b
+    assert rows_b == [], rows_b
     assert uid_of(supervisor) == pw.pw_uid  # still running after b's attempts
     status, _ = call(f"{api_a}/clusters/hubcl", token_a, "DELETE")
     assert status == 204
@@ -140,7 +142,8 @@ def test_sbatch_uid_submission_and_walltime_warning(hub):
     assert squeue(job) == f"{c}|RUNNING"
     status, session = call(f"{hub.url}/user/{c}/ctrlstack/api/session", hub.token_for(c))
     assert status == 200, session
-    assert session["warning"] is True and session["warning_seconds"] == 600
+    assert session["warning"] is True
+    assert session["warning_seconds"] == 600
     assert 200 < session["left_seconds"] <= 300
     wait_until(lambda: f"job {job} reaches its walltime" in hub.log_tail(400), 10, "hub warns")
 

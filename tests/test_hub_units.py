@@ -268,7 +268,11 @@ def test_submission_prefixes_are_argv_words(prefix, uid, argv):
 def test_session_info_counts_down_and_warns():
     from ctrlstack.hub.session import session_info
 
-    env = {"SLURM_JOB_ID": "7", "CTRLSTACK_JOB_END_TIME": "1000", "CTRLSTACK_WALLTIME_WARNING": "60"}
+    env = {
+        "SLURM_JOB_ID": "7",
+        "CTRLSTACK_JOB_END_TIME": "1000",
+        "CTRLSTACK_WALLTIME_WARNING": "60",
+    }
     info = session_info(env, now=900.0)
     assert (info["job_id"], info["end_time"], info["left_seconds"], info["warning"]) == (
         "7",
@@ -279,7 +283,9 @@ def test_session_info_counts_down_and_warns():
     assert session_info(env, now=950.0)["warning"] is True
     assert session_info(env, now=2000.0)["left_seconds"] == 0.0
     empty = session_info({"SLURM_JOB_ID": "7", "CTRLSTACK_JOB_END_TIME": "soon"}, now=1.0)
-    assert empty["end_time"] is None and empty["job_id"] is None and empty["warning"] is False
+    assert empty["end_time"] is None
+    assert empty["job_id"] is None
+    assert empty["warning"] is False
 
 
 def test_job_end_prefers_slurms_answer_over_the_estimate():

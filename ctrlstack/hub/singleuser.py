@@ -22,8 +22,8 @@ import json
 import os
 import socket
 import sys
-import urllib.request
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
