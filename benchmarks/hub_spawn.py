@@ -47,7 +47,7 @@ c.SlurmSpawner.exec_prefix = "setpriv --reuid={{username}} --regid={{username}} 
 c.SlurmSpawner.req_partition = "debug"
 c.SlurmSpawner.req_memory = "1024M"
 c.SlurmSpawner.req_runtime = "00:30:00"
-c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "SLURM_CONF",
+c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF",
                       "JUPYTERHUB_SINGLEUSER_APP"]
 c.Spawner.environment = {{"PATH": "{userbin}:/usr/local/bin:/usr/bin:/bin"}}
 c.Spawner.args = ["--ServerApp.ip=127.0.0.1"]

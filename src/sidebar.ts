@@ -13,6 +13,7 @@ import { h } from './views/dom';
 import { LaunchForm } from './views/form';
 import { renderRuns } from './views/runs';
 import { renderTopology } from './views/topology';
+import { WalltimeView } from './views/walltime';
 
 export interface ISidebarOptions {
   model: ClusterModel;
@@ -56,6 +57,7 @@ export class CtrlstackSidebar extends Widget {
     });
     this.node.append(
       h('div', { className: 'ctrlstack-error', hidden: true }),
+      this._walltime.node,
       h('h3', {}, 'Topology'),
       this._map,
       h('h3', {}, 'Launch'),
@@ -70,6 +72,10 @@ export class CtrlstackSidebar extends Widget {
 
   protected onAfterShow(): void {
     this.options.model.start();
+    if (!this._walltimeLoaded) {
+      this._walltimeLoaded = true;
+      void this._walltime.load();
+    }
     if (!this._profilesLoaded) {
       this._profilesLoaded = true;
       this.options.model.loadProfiles().then(
@@ -123,4 +129,6 @@ export class CtrlstackSidebar extends Widget {
   private _form: LaunchForm;
   private _cards: ClusterCards;
   private _profilesLoaded = false;
+  private _walltime = new WalltimeView();
+  private _walltimeLoaded = false;
 }

@@ -2,10 +2,11 @@
 
 Everything runs on 127.0.0.1 with free ports.  Real Unix users are created with ``useradd``
 (homes under a private 0755 directory) and removed at the end.  The users' jobs run as those
-users (``setpriv`` prefix), with a Python they can execute: the project venv's interpreter lives
-under root's 0700 home on this image, so the servers use a small venv made from the system's
-``/usr/bin/python3`` (``make hub-env``; created here when missing) with ``jupyterhub`` and
-``jupyter_server``; ctrlstack reaches it through ``PYTHONPATH``.
+users, each through one of the three submission prefixes (``a``: ``setpriv``, ``b``: ``sudo -E
+-u``, ``c``: ``sbatch --uid`` with the hub as root), with a Python they can execute: the project
+venv's interpreter lives under root's 0700 home on this image, so the servers use a venv made
+from the system's ``/usr/bin/python3`` with this tree installed with its ``lab`` extra
+(``scripts/hub-userenv``, also ``make hub-env``; updated here when the tree changed).
 
 If anything cannot start, the tests fail (never skip): they are part of ``make test``.
 """
@@ -47,20 +48,16 @@ def free_port() -> int:
 
 
 def ensure_user_env() -> Path:
-    """The servers' Python (see the module docstring); built once per machine."""
-    python = USER_ENV / "bin" / "python"
-    probe = [str(python), "-c", "import jupyterhub, jupyter_server"]
-    if python.exists() and _proc.run(probe, check=False, timeout=60).returncode == 0:
-        return python
-    _proc.run(["/usr/bin/python3", "-m", "venv", "--clear", str(USER_ENV)], timeout=300)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "jupyterhub", "jupyter_server"]
-    _proc.run(pip, timeout=900)
-    return python
+    """The servers' Python with this tree installed (``scripts/hub-userenv``; fast when current)."""
+    script = ROOT / "scripts" / "hub-userenv"
+    out = _proc.run([sys.executable, str(script), "--sudo", "--env", str(USER_ENV)], timeout=1800)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def ensure_chp() -> Path:
     if not CHP.exists():
-        _proc.run(["npm", "install", "--no-audit", "--no-fund"], timeout=600, env=None)
+        where = str(CHP.parents[2])  # ci/chp: its package.json pins the proxy
+        _proc.run(["npm", "install", "--prefix", where, "--no-audit", "--no-fund"], timeout=600)
     return CHP
 
 
@@ -92,6 +89,8 @@ c.Spawner.http_timeout = 30
 c.StackSpawner.profiles = ["slurm-cpu"]
 c.StackSpawner.submit_prefix = ["setpriv", "--reuid={{uid}}", "--regid={{gid}}", "--init-groups"]
 c.StackSpawner.job_python = {str(self.user_python)!r}
+# The job imports ctrlstack from the user env's install (not the hub's PYTHONPATH).
+c.StackSpawner.job_env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
 c.StackSpawner.server_ip = "127.0.0.1"
 c.StackSpawner.status_period = 2.0
 c.StackSpawner.start_poll_period = 0.3
@@ -261,7 +260,7 @@ class UnixUsers:
 
 @pytest.fixture(scope="session")
 def hub_session(slurm_session: Any) -> Iterator[Hub]:
-    """A running hub with two Unix users ``cs<pid>a``/``cs<pid>b`` (and ``...crash``)."""
+    """A running hub with Unix users ``cs<pid>a``/``b``/``c`` (one per prefix) and ``...crash``."""
     root = Path(f"/tmp/ctrlstack-hub-test-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
     (root / "homes").mkdir(parents=True)
@@ -269,17 +268,23 @@ def hub_session(slurm_session: Any) -> Iterator[Hub]:
         path.chmod(0o755)
     users = UnixUsers(root / "homes")
     suffix = str(os.getpid())[-5:]
-    names = [users.add(f"cs{suffix}{x}") for x in ("a", "b", "crash")]
+    names = [users.add(f"cs{suffix}{x}") for x in ("a", "b", "crash", "c")]
     hub = Hub(
         root=root,
         slurm_conf=slurm_session.conf,
         user_python=ensure_user_env(),
         extra_config=f"""
-def _crash(spawner):
-    if spawner.user.name == {names[2]!r}:
+def _per_user(spawner):
+    name = spawner.user.name
+    if name == {names[1]!r}:
+        spawner.submit_prefix = ["sudo", "-E", "-u", "{{username}}"]
+    elif name == {names[3]!r}:
+        spawner.submit_prefix = []
+        spawner.sbatch_uid = True
+    elif name == {names[2]!r}:
         spawner.server_cmd = [spawner.job_python, "-c",
             "import sys; print('boom: this server cannot start'); sys.exit(3)"]
-c.Spawner.pre_spawn_hook = _crash
+c.Spawner.pre_spawn_hook = _per_user
 """,
     )
     hub.names = names  # type: ignore[attr-defined]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import pwd
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,13 +18,27 @@ from ctrlstack import _proc
 pytestmark = [pytest.mark.hub, pytest.mark.slurm, pytest.mark.timeout(240)]
 
 
-def get(url: str, token: str) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+def call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
     try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return int(response.status)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = int(response.status), response.read().decode()
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        status, text = int(exc.code), exc.read().decode(errors="replace")
+    try:
+        return status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return status, text
+
+
+def get(url: str, token: str) -> int:
+    return call(url, token)[0]
 
 
 def spawn(hub, name: str, options: dict | None = None) -> float:
@@ -31,30 +49,103 @@ def spawn(hub, name: str, options: dict | None = None) -> float:
     return time.monotonic() - t0
 
 
-def test_spawn_rest_reach_through_proxy_stop(hub):
+def squeue(job: str) -> str:
+    return _proc.run(["squeue", "--noheader", "--jobs", job, "--format=%u|%T"]).stdout.strip()
+
+
+def uid_of(pid: int) -> int:
+    return Path(f"/proc/{pid}").stat().st_uid
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_spawn_reach_launch_a_cluster_as_the_user_stop(hub):
+    """a (setpriv) and b (sudo -u) spawn; a launches a local cluster from its server's REST."""
     a, b = hub.names[0], hub.names[1]
-    took = spawn(hub, a, {"cores": 1, "memory": "512M", "walltime": "00:10:00"})
+    opts = {"cores": 1, "memory": "1G", "walltime": "00:20:00"}
+    for name in (a, b):  # both submitted before either is waited for
+        status, body = hub.api("POST", f"/hub/api/users/{name}/server", opts)
+        assert status in (201, 202), (status, body, hub.log_tail())
     server = hub.wait_ready(a)
+    hub.wait_ready(b)
     assert server["url"] == f"/user/{a}/"
     job = hub.job_of(a)
-    owner = _proc.run(["squeue", "--noheader", "--jobs", job, "--format=%u|%T"]).stdout.strip()
-    assert owner == f"{a}|RUNNING"
-    token_a = hub.token_for(a)
+    assert squeue(job) == f"{a}|RUNNING"
+    assert squeue(hub.job_of(b)) == f"{b}|RUNNING"  # sudo -E -u submitted as b
+    token_a, token_b = hub.token_for(a), hub.token_for(b)
     assert get(f"{hub.url}/user/{a}/api/status", token_a) == 200
     # The server listens on loopback only, on the port the job reported.
     state = hub.user(a)["servers"][""]["state"]
     listening = subprocess.run(
         ["ss", "-Htln", f"sport = :{state['port']}"], capture_output=True, text=True, check=True
     ).stdout
-    local = [line.split()[3] for line in listening.splitlines()]
-    assert local == [f"127.0.0.1:{state['port']}"]
-    # Another user's token does not open a's server.
-    token_b = hub.token_for(b)
+    assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{state['port']}"]
+    # The walltime end, as Slurm has it, is in the server's own REST (what the sidebar shows).
+    api_a, api_b = f"{hub.url}/user/{a}/ctrlstack/api", f"{hub.url}/user/{b}/ctrlstack/api"
+    status, session = call(f"{api_a}/session", token_a)
+    assert status == 200, session
+    end = _proc.run(["squeue", "--noheader", "-j", job, "-O", "EndTime:30"]).stdout.strip()
+    slurm_end = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
+    assert session["job_id"] == job
+    assert abs(session["end_time"] - slurm_end) <= 3, (session, end)
+    assert 1000 < session["left_seconds"] <= 1200
+    assert session["warning"] is False
+    # A local cluster launched through a's server runs as a, registered under a's home.
+    pw = pwd.getpwnam(a)
+    launch = {"profile": "local", "name": "hubcl", "overrides": {"workers": 1, "threads": 1}}
+    status, cluster = call(f"{api_a}/clusters", token_a, "POST", launch)
+    assert status == 201, (status, cluster)
+    assert cluster["state"] == "running", cluster
+    status, rows = call(f"{api_a}/clusters", token_a)
+    assert status == 200, rows
+    assert [r["name"] for r in rows] == ["hubcl"], rows
+    records = list(Path(pw.pw_dir, ".local", "state", "ctrlstack").rglob("hubcl*.json"))
+    assert records, list(Path(pw.pw_dir).rglob("*"))
+    assert all(r.stat().st_uid == pw.pw_uid for r in records)
+    record = json.loads(records[0].read_text())
+    assert record["owner"] == a
+    supervisor = record["supervisor"]["pid"]
+    assert uid_of(supervisor) == pw.pw_uid
+    # b can neither reach a's server and clusters nor see them from its own server.
     assert get(f"{hub.url}/user/{a}/api/status", token_b) in (403, 404)
-    status, _ = hub.api("DELETE", f"/hub/api/users/{a}/server")
-    assert status in (202, 204)
-    hub.wait_gone(a, 20)
-    print(f"spawn-to-ready {took:.2f} s")
+    assert call(f"{api_a}/clusters", token_b)[0] in (403, 404)
+    assert call(f"{api_a}/clusters/hubcl", token_b, "DELETE")[0] in (403, 404)
+    status, rows_b = call(f"{api_b}/clusters", token_b)
+    assert status == 200, rows_b
+    assert rows_b == [], rows_b
+    assert uid_of(supervisor) == pw.pw_uid  # still running after b's attempts
+    status, _ = call(f"{api_a}/clusters/hubcl", token_a, "DELETE")
+    assert status == 204
+    wait_until(lambda: not Path(f"/proc/{supervisor}").exists(), 30, "supervisor exits")
+    assert call(f"{api_a}/clusters", token_a)[1] == []
+    for name in (a, b):
+        status, _ = hub.api("DELETE", f"/hub/api/users/{name}/server")
+        assert status in (202, 204)
+        hub.wait_gone(name, 20)
+    queue = ["squeue", "--noheader", "-o", "%i"]
+    wait_until(lambda: _proc.run(queue).stdout.strip() == "", 20, "no job left")
+
+
+def test_sbatch_uid_submission_and_walltime_warning(hub):
+    """c's job goes through ``sbatch --uid`` (hub as root); a walltime inside the warning window
+    is flagged by the server's REST and warned in the hub log."""
+    c = hub.names[3]
+    spawn(hub, c, {"cores": 1, "memory": "512M", "walltime": "00:05:00"})
+    job = hub.job_of(c)
+    assert squeue(job) == f"{c}|RUNNING"
+    status, session = call(f"{hub.url}/user/{c}/ctrlstack/api/session", hub.token_for(c))
+    assert status == 200, session
+    assert session["warning"] is True
+    assert session["warning_seconds"] == 600
+    assert 200 < session["left_seconds"] <= 300
+    wait_until(lambda: f"job {job} reaches its walltime" in hub.log_tail(400), 10, "hub warns")
 
 
 def test_bad_form_values_are_400_naming_the_field(hub):

@@ -235,3 +235,71 @@ def test_progress_yields_every_message_until_ready():
     events = asyncio.run(main())
     assert [e["progress"] for e in events] == [10, 20, 80, 100]
     assert events[1]["message"].startswith("queued: Resources")
+
+
+def _account(name: str = "ann") -> dict:
+    return {"username": name, "uid": 1234, "gid": 99, "home": f"/home/{name}"}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "uid", "argv"),
+    [
+        (
+            ["setpriv", "--reuid={uid}", "--regid={gid}", "--init-groups"],
+            False,
+            ["setpriv", "--reuid=1234", "--regid=99", "--init-groups", "sbatch", "--parsable"],
+        ),
+        (
+            ["sudo", "-E", "-u", "{username}"],
+            False,
+            ["sudo", "-E", "-u", "ann; rm -rf /", "sbatch", "--parsable"],
+        ),
+        ([], True, ["sbatch", "--uid=1234", "--gid=99", "--parsable"]),
+    ],
+)
+def test_submission_prefixes_are_argv_words(prefix, uid, argv):
+    """Each prefix is argv (a hostile user name stays one word), ``sbatch --uid`` for root."""
+    sp = StackSpawner(user=types.SimpleNamespace(name="x", groups=[]))
+    sp.submit_prefix, sp.sbatch_uid = prefix, uid
+    account = _account("ann; rm -rf /" if "{username}" in prefix else "ann")
+    assert sp.submit_argv(account) == argv
+
+
+def test_session_info_counts_down_and_warns():
+    from ctrlstack.hub.session import session_info
+
+    env = {
+        "SLURM_JOB_ID": "7",
+        "CTRLSTACK_JOB_END_TIME": "1000",
+        "CTRLSTACK_WALLTIME_WARNING": "60",
+    }
+    info = session_info(env, now=900.0)
+    assert (info["job_id"], info["end_time"], info["left_seconds"], info["warning"]) == (
+        "7",
+        1000.0,
+        100.0,
+        False,
+    )
+    assert session_info(env, now=950.0)["warning"] is True
+    assert session_info(env, now=2000.0)["left_seconds"] == 0.0
+    empty = session_info({"SLURM_JOB_ID": "7", "CTRLSTACK_JOB_END_TIME": "soon"}, now=1.0)
+    assert empty["end_time"] is None
+    assert empty["job_id"] is None
+    assert empty["warning"] is False
+
+
+def test_job_end_prefers_slurms_answer_over_the_estimate():
+    from ctrlstack.hub.singleuser import job_end
+
+    assert job_end({"end_time": 5000}, started=100.0, walltime=600) == 5000.0
+    assert job_end({"end_time": None}, started=100.0, walltime=600) == 700.0
+    assert job_end({"end_time": True}, started=100.0, walltime=600) == 700.0
+    assert job_end({}, started=100.0, walltime=0) is None
+
+
+def test_job_script_tells_the_wrapper_its_walltime():
+    sp = StackSpawner(user=types.SimpleNamespace(name="x", groups=[]), server_ip="127.0.0.1")
+    choice = ProfileChoice("slurm-cpu", "debug", 1, 1024, 1800, "core")
+    req = validate({"walltime": "00:20:00"}, [choice], LIMITS, ["python3"])
+    script = sp.job_script(req, _account())
+    assert "--walltime 1200 --warning 600 --" in script

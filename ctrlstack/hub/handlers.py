@@ -74,7 +74,8 @@ class RendezvousHandler(APIHandler):
         if not spawner.rendezvous(ip, port):
             raise web.HTTPError(409, "this server is not waiting for its address")
         self.set_status(201)
-        self.write({"ip": ip, "port": port})
+        # The job's end, when squeue already told: the server shows it (see .session).
+        self.write({"ip": ip, "port": port, "end_time": spawner.job_end_time()})
 
 
 def extra_handlers() -> list[tuple[str, type[web.RequestHandler]]]:

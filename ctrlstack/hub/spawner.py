@@ -291,6 +291,18 @@ class StackSpawner(Spawner):
     def _prefix(self, account: Mapping[str, Any]) -> list[str]:
         return [item.format(**account) for item in self.submit_prefix]
 
+    def submit_argv(self, account: Mapping[str, Any]) -> list[str]:
+        """``<prefix> sbatch [--uid --gid] --parsable``: the script goes on stdin.
+
+        So nothing of it (or of the token, which is in sbatch's environment) lands in a file;
+        ``slurm.sbatch_argv()`` wants a path, hence the words here.  Every item is one argv
+        word: a user name with spaces or ``;`` stays one word, no shell ever reads it.
+        """
+        argv = ["sbatch", "--parsable"]
+        if self.sbatch_uid:
+            argv[1:1] = [f"--uid={account['uid']}", f"--gid={account['gid']}"]
+        return [*self._prefix(account), *argv]
+
     def _job_name(self) -> str:
         name = re.sub(r"[^A-Za-z0-9_.-]", "-", self.user.name)
         return f"jupyterhub-{name}" + (f"-{self.name}" if self.name else "")
@@ -324,6 +336,10 @@ class StackSpawner(Spawner):
             str(req.cores),
             "--policy",
             req.policy,
+            "--walltime",
+            str(req.walltime),
+            "--warning",
+            f"{self.walltime_warning:.0f}",
             "--",
             *server,
             *self.get_args(),
@@ -378,6 +394,16 @@ class StackSpawner(Spawner):
         self._address.set_result((ip, port))
         return True
 
+    def job_end_time(self) -> float | None:
+        """Slurm's end of the job (epoch seconds), None before squeue has told."""
+        if not self.job_id:
+            return None
+        try:
+            status = self._service().status(self.job_id)
+        except RuntimeError:  # no event loop (get_state from a script): nothing known
+            return None
+        return None if status is None else status.end_time
+
     async def start(self) -> str:
         req = self.job_request()
         account = self._account()
@@ -386,14 +412,9 @@ class StackSpawner(Spawner):
         script = self.job_script(req, account)
         env = {**self.job_environment(), **self.slurm_env}
         env.update(HOME=account["home"], USER=account["username"], LOGNAME=account["username"])
-        # The script goes on stdin: nothing of it (or of the token) lands in a file the user
-        # cannot read; slurm.sbatch_argv() wants a path, hence the two words here.
-        argv = ["sbatch", "--parsable"]
-        if self.sbatch_uid:
-            argv[1:1] = [f"--uid={account['uid']}", f"--gid={account['gid']}"]
         loop = asyncio.get_running_loop()
         self._address = loop.create_future()
-        result = await self._run([*self._prefix(account), *argv], env, input=script)
+        result = await self._run(self.submit_argv(account), env, input=script)
         if result.returncode != 0:
             why = slurm.is_rejection(result.stderr) or (result.stderr or result.stdout).strip()
             raise SpawnFailed(f"Slurm refused the server's job: {why}")
@@ -501,10 +522,8 @@ class StackSpawner(Spawner):
 
     def walltime_left(self) -> float | None:
         """Seconds until the job's walltime ends (None before Slurm tells)."""
-        status = self._service().status(self.job_id) if self.job_id else None
-        if status is None or status.end_time is None:
-            return None
-        return status.end_time - time.time()
+        end = self.job_end_time()
+        return None if end is None else end - time.time()
 
     def _check_walltime(self, status: Any) -> None:
         if status is None or status.end_time is None or self._warned_end:
@@ -542,6 +561,9 @@ class StackSpawner(Spawner):
             state.update(
                 job_id=self.job_id, ip=self.job_ip, port=self.job_port, request=self.request
             )
+            end = self.job_end_time()
+            if end is not None:  # shown to admins in the hub's REST (servers[...].state)
+                state["end_time"] = end
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
