@@ -28,11 +28,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ctrlstack.config import get_profile, launch_timeout
-from ctrlstack.deploy import control, lifecycle
+from ctrlstack.deploy import control, lifecycle, waiting
 from ctrlstack.deploy.launcher import start_supervisor
 from ctrlstack.deploy.lifecycle import ClusterNotFoundError
 from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, validate_name
 from ctrlstack.deploy.status import ClusterStatus
+from ctrlstack.errors import UserError
 from ctrlstack.stacks import versions
 
 if TYPE_CHECKING:
@@ -192,6 +193,8 @@ def launch(
     profile: str | None = None,
     *,
     name: str | None = None,
+    wait: int | None = None,
+    wait_timeout: float | None = None,
     **overrides: Any,
 ) -> Cluster:
     """Start a cluster from a named profile; it lives in its own supervisor process.
@@ -200,12 +203,36 @@ def launch(
     settings of the profile's backend section.  Bad fields raise ``ConfigError``, plans that do
     not fit raise ``PlanError``, a taken name ``NameTakenError``, failed starts ``LaunchError``
     with the cause — in every case nothing is left running.
+
+    ``wait=N`` blocks until N workers are connected (at most ``wait_timeout`` seconds, default
+    ``ctrlstack.launch-timeout``).  A batch job that dies before its workers connect raises
+    :class:`~ctrlstack.deploy.waiting.JobDiedError` at once, with the job's state, reason and
+    log tail; the timeout raises :class:`~ctrlstack.deploy.waiting.WaitTimeoutError`.  Either
+    way the cluster is stopped first: ``launch(wait=N)`` returns N workers or leaves nothing.
     """
+    n = waiting.check_wait(wait)
     spec = get_profile(profile, **overrides)
     name = validate_name(name or f"{spec.profile}-{secrets.token_hex(3)}")
     registry = _registry()
-    start_supervisor(name, spec, registry=registry, timeout=launch_timeout())
-    return Cluster(name, registry=registry)
+    report = start_supervisor(name, spec, registry=registry, timeout=launch_timeout())
+    handle = Cluster(name, registry=registry)
+    if n is not None:
+        try:
+            if report.adapt is None and n > report.requested:
+                raise UserError(
+                    f"wait={n} is more than the {report.requested} workers cluster {name!r} "
+                    "asks for; pass workers= as well, or a smaller wait"
+                )
+            waiting.wait_for_workers(
+                handle.status, n, launch_timeout() if wait_timeout is None else wait_timeout
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                handle.stop()
+            if isinstance(exc, waiting.JobDiedError | waiting.WaitTimeoutError):
+                raise type(exc)(f"{exc}\ncluster {name!r} was stopped") from None
+            raise
+    return handle
 
 
 def get(name: str) -> Cluster:

@@ -235,12 +235,33 @@ def _overrides(**kwargs: Any) -> dict[str, Any]:
 @click.argument("profile", required=False)
 @click.option("-n", "--name", help="Cluster name (default: <profile>-<random>).")
 @_with_overrides
+@click.option(
+    "--wait",
+    type=click.IntRange(min=1),
+    help="Return once N workers are connected; a job that dies first fails the launch at once "
+    "(the cluster is stopped).",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds --wait waits (default: ctrlstack.launch-timeout); then the cluster is stopped.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def launch(profile: str | None, name: str | None, as_json: bool, **overrides: Any) -> None:
+def launch(
+    profile: str | None,
+    name: str | None,
+    wait: int | None,
+    wait_timeout: float | None,
+    as_json: bool,
+    **overrides: Any,
+) -> None:
     """Start a cluster from PROFILE (default profile if omitted); it outlives this command."""
     from ctrlstack import api
 
-    status = api.launch(profile, name=name, **_overrides(**overrides)).status()
+    cluster = api.launch(
+        profile, name=name, wait=wait, wait_timeout=wait_timeout, **_overrides(**overrides)
+    )
+    status = cluster.status()
     if as_json:
         _echo_json(status.to_dict())
         return

@@ -24,7 +24,7 @@ from typing import Any
 
 from ctrlstack import _proc
 from ctrlstack.config import ClusterSpec, log_retention
-from ctrlstack.deploy import lifecycle, procs
+from ctrlstack.deploy import lifecycle, placement, procs
 from ctrlstack.deploy.backends import backend_class
 from ctrlstack.deploy.registry import BrokenRecord, ClusterRecord, Registry, validate_name
 from ctrlstack.deploy.security import Credentials
@@ -95,6 +95,23 @@ def start_supervisor(
     check_spec(spec, name)
     python, env = runtime(spec.stack)  # the profile's stack runs supervisor and workers
     log_path = registry.new_log(name)
+    placed = placement.supervisor_job(spec)  # validated for every launch
+    job: placement.SupervisorJobRun | None = None
+    # An ephemeral cluster's supervisor watches its owner process, which only works beside it:
+    # it stays on this host whatever the profile says (docs/batch.md).
+    if placed is not None and not ephemeral:
+        job = placement.SupervisorJobRun(
+            placed,
+            name=name,
+            profile=spec.profile,
+            spec=spec.to_dict(),
+            cluster_dir=registry.cluster_dir(name),
+            state_dir=registry.root,
+            log=str(log_path),
+            python=python,
+            env=env,
+        )
+        job.check()  # sbatch --test-only: a refused supervisor job changes nothing
     reservation = ClusterRecord(
         name=name,
         profile=spec.profile,
@@ -122,6 +139,9 @@ def start_supervisor(
         # protected as the reservation's log): pruning first left keep-per-name + 1 logs.
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         _prune_logs(registry)
+        if job is not None:
+            job.submit()
+            return _parse_report(job.await_ready(timeout))
         read_fd, write_fd = os.pipe()
         argv = [
             python, "-m", "ctrlstack.deploy.supervisor",
@@ -144,6 +164,8 @@ def start_supervisor(
         report = _await_ready(read_fd, timeout, str(log_path))
         proc.wait(5)  # the intermediate parent of the daemonised supervisor
     except BaseException as exc:
+        if job is not None:
+            job.abort()  # scancel and wait: no supervisor job is left in the queue
         if proc is not None:
             # The group id is the pid of the process we spawned (its session leader); only
             # members started since the spawn count.
@@ -185,7 +207,11 @@ def _await_ready(read_fd: int, timeout: float, log_path: str) -> ClusterStatus:
                 f"the supervisor exited before reporting ready; its log:\n{_tail(log_path)}"
             )
         buf += chunk
-    report: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
+    return _parse_report(json.loads(buf.split(b"\n", 1)[0]))
+
+
+def _parse_report(report: dict[str, Any]) -> ClusterStatus:
+    """The supervisor's ready report -> its status, or the error it reported."""
     if not report.get("ok"):
         message = report.get("error", "unknown error")
         if report.get("kind") == "user":

@@ -152,6 +152,17 @@ def judge(registry: Registry, entry: ClusterRecord | BrokenRecord) -> ClusterSta
         why = _probe(registry, record)
         if why is None:
             return _status(record, "remote", f"runs on host {record.host}")
+        ended = _supervisor_job_ended(record)
+        if ended is not None:
+            # The batch system is the one witness every host can ask: the job that ran this
+            # supervisor is over, so the supervisor is too (its scheduler just did not answer).
+            why = f" ({ended.reason})" if ended.reason else ""
+            return _status(
+                record,
+                "dead",
+                f"its supervisor job {ended.job_id} on host {record.host} ended "
+                f"({ended.state}{why})",
+            )
         return _status(
             record, "unreachable", f"runs on host {record.host}, not reachable from here: {why}"
         )
@@ -164,7 +175,34 @@ def judge(registry: Registry, entry: ClusterRecord | BrokenRecord) -> ClusterSta
     return _status(record, "dead", "the launch never completed")
 
 
+def _supervisor_job_ended(record: ClusterRecord) -> JobStatus | None:
+    """The final status of the record's supervisor job if it ended (None: no such job, or it
+    may still run, or the batch system could not be asked)."""
+    if not record.supervisor_job:
+        return None
+    from ctrlstack.deploy import placement
+
+    try:
+        return placement.job_ended(record.supervisor_job)
+    except Exception:  # noqa: BLE001 - no answer is no proof of death
+        return None
+
+
+def _finish_supervisor_job(record: ClusterRecord) -> None:
+    """After a stop: the supervisor job must leave the queue too (it ends once its supervisor
+    exits; cancelled if it does not)."""
+    if record.supervisor_job:
+        from ctrlstack.deploy import placement
+
+        try:
+            placement.finish_job(record.supervisor_job)
+        except Exception:
+            logger.exception("could not finish supervisor job %s", record.supervisor_job)
+
+
 def _cancel_jobs(record: ClusterRecord) -> None:
+    if record.supervisor_job:
+        _finish_supervisor_job(record)
     if not record.job_ids:
         return
     from ctrlstack.deploy.backends import backend_class
@@ -272,6 +310,7 @@ def stop(registry: Registry, name: str, *, timeout: float = 30) -> None:
                 f"cluster {name!r} on host {record.host} accepted the stop request but its "
                 f"record is still there after {timeout:g} s; check 'ctrlstack list'"
             )
+        _finish_supervisor_job(record)
         return
     if record.supervisor is None and judge(registry, record).state == "starting":
         raise ConflictError(
@@ -281,6 +320,7 @@ def stop(registry: Registry, name: str, *, timeout: float = 30) -> None:
     # The supervisor removes its own record; whatever remains (it was killed, or never ran)
     # is cleaned up here.
     clean_up(registry, record)
+    _finish_supervisor_job(record)
 
 
 def log_path(registry: Registry, name: str) -> str:

@@ -128,6 +128,8 @@ class ClusterRecord:
     owner_process: ProcessId | None = None  # ephemeral clusters: the process that asked
     log: str | None = None
     job_ids: list[str] = field(default_factory=list)
+    #: The Slurm job the supervisor runs as (``slurm.supervisor.where: job``), else None.
+    supervisor_job: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -146,7 +148,7 @@ class ClusterRecord:
         for name in ("name", "profile", "backend", "state", "host", "boot"):
             if not isinstance(getattr(record, name), str):
                 raise TypeError(f"field {name!r} must be a string, got {getattr(record, name)!r}")
-        for name in ("address", "dashboard", "log"):
+        for name in ("address", "dashboard", "log", "supervisor_job"):
             value = getattr(record, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"field {name!r} must be a string or null, got {value!r}")

@@ -39,6 +39,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctrlstack.config import ClusterSpec
@@ -71,7 +72,16 @@ async def _awaitable(result: Any) -> None:
         await result
 
 
-def _write_ready(fd: int | None, message: dict[str, Any]) -> None:
+def _write_ready(fd: int | None, message: dict[str, Any], path: str | None = None) -> None:
+    """Report to the launcher: one JSON line on the pipe, or (a supervisor job, whose launcher
+    may be on another host) a 0600 file in the cluster's private dir, written atomically."""
+    if path is not None:
+        from ctrlstack.deploy.registry import write_private
+
+        try:
+            write_private(Path(path), message)
+        except OSError:
+            logger.exception("could not write the ready report %s", path)
     if fd is None:
         return
     try:
@@ -92,8 +102,11 @@ class Supervisor:
         registry: Registry,
         *,
         owner: procs.ProcessId | None = None,
+        job_id: str | None = None,
     ) -> None:
         self.name = name
+        #: The Slurm job this supervisor runs as (``slurm.supervisor.where: job``), else None.
+        self.job_id = job_id
         self.spec = spec
         self.registry = registry
         #: Ephemeral clusters: the process that asked; when it is gone, the cluster stops.
@@ -371,6 +384,7 @@ class Supervisor:
             record.dashboard = cluster.dashboard_link if self.spec.dashboard else None
             record.requested = len(cluster.worker_spec)
         record.job_ids = self.backend.job_ids()
+        record.supervisor_job = self.job_id
         return record
 
     def _write_record(self, record: ClusterRecord) -> None:
@@ -389,6 +403,20 @@ class Supervisor:
         self._write_record(self._record())
 
 
+def _take_job_environment() -> str | None:
+    """The id of the Slurm job this supervisor runs as; its job variables are removed.
+
+    Why remove them: the worker jobs this supervisor submits inherit its environment
+    (``--export=ALL``), and the supervisor job's ``SLURM_*`` variables (CPUs, memory, binding)
+    would mislead ``sbatch`` and ``ctrlstack worker`` there.  ``SLURM_CONF`` stays.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")) and key != "SLURM_CONF":
+            del os.environ[key]
+    return job_id
+
+
 def _check_count(label: str, value: Any) -> None:
     """A worker count must be a plain int in a sane range (a huge one fails msgpack later)."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_WORKERS:
@@ -404,9 +432,11 @@ async def _main(args: argparse.Namespace) -> int:
     ready_fd: int | None = args.ready_fd
     supervisor: Supervisor | None = None
     try:
-        spec = ClusterSpec.from_dict(json.loads(args.spec), profile=args.profile)
+        raw_spec = args.spec if getattr(args, "spec", None) else Path(args.spec_file).read_text()
+        spec = ClusterSpec.from_dict(json.loads(raw_spec), profile=args.profile)
         owner = procs.ProcessId.from_dict(json.loads(args.owner)) if args.owner else None
-        supervisor = Supervisor(args.name, spec, registry, owner=owner)
+        job_id = _take_job_environment() if getattr(args, "as_job", False) else None
+        supervisor = Supervisor(args.name, spec, registry, owner=owner, job_id=job_id)
         supervisor.register()
         await supervisor.start()
     except Exception as exc:  # noqa: BLE001 - any start failure must reach the launcher
@@ -421,12 +451,17 @@ async def _main(args: argparse.Namespace) -> int:
                 "type": type(exc).__name__,
                 "kind": classify(exc).kind,
             },
+            getattr(args, "ready_file", None),
         )
         if supervisor is not None:
             await supervisor.close_cluster()
             registry.remove(args.name, supervisor=supervisor.me)
         return 1
-    _write_ready(ready_fd, {"ok": True, "status": supervisor.status().to_dict()})
+    _write_ready(
+        ready_fd,
+        {"ok": True, "status": supervisor.status().to_dict()},
+        getattr(args, "ready_file", None),
+    )
     logger.info("cluster %s running at %s", args.name, supervisor.status().address)
     try:
         await supervisor.run_until_stopped()
@@ -440,9 +475,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctrlstack.deploy.supervisor")
     parser.add_argument("--name", required=True)
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
+    spec = parser.add_mutually_exclusive_group(required=True)
+    spec.add_argument("--spec", help="ClusterSpec as JSON")
+    spec.add_argument("--spec-file", help="file holding the ClusterSpec as JSON")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--ready-file", default=None, help="write the ready report here")
+    parser.add_argument(
+        "--as-job",
+        action="store_true",
+        help="this process is a Slurm job of its own (slurm.supervisor.where: job)",
+    )
     parser.add_argument("--owner", default=None, help="ProcessId (JSON) of the owner process")
     parser.add_argument(
         "--no-daemon", action="store_true", help="stay in the foreground (for debugging)"
