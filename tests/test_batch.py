@@ -341,6 +341,73 @@ def test_pbs_backend_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         backend.check()
 
 
+def test_pbs_array_script_maps_sub_jobs_to_job_names() -> None:
+    text = P.job_script(
+        _pbs_opts(),
+        scheduler="tls://h:1",
+        name="big-0",
+        credentials="/c",
+        log_directory="/l",
+        cluster="big",
+        array_names=["big-0", "big-3", "x y;rm -rf ~"],
+    )
+    lines = text.splitlines()
+    assert "#PBS -J 0-2" in lines
+    assert "CTRLSTACK_NAMES=(big-0 big-3 'x y;rm -rf ~')" in lines
+    assert ' --name "${CTRLSTACK_NAMES[$PBS_ARRAY_INDEX]}" ' in lines[-1]
+    assert "CTRLSTACK_ARRAY_TASK_NAME" not in text
+    assert "SLURM" not in text
+    # a single job's script is unchanged by the array path
+    single = P.job_script(
+        _pbs_opts(), scheduler="tls://h:1", name="big-0", credentials="/c", log_directory="/l"
+    )
+    assert "-J " not in single
+    assert "PBS_ARRAY_INDEX" not in single
+
+
+def test_pbs_array_sub_job_ids() -> None:
+    array_id = P.parse_qsub(_read("pbs", "qsub-array.stdout"))
+    assert P.array_task_ids(array_id, 3) == ["108[0].pbs", "108[1].pbs", "108[2].pbs"]
+    with pytest.raises(ValueError, match="not a PBS array id"):
+        P.array_task_ids("107.pbs", 2)
+    # the ids qstat -t lists for a running array (recorded output) are the same shape
+    jobs = P.parse_qstat(_read("pbs", "qstat-f-json.json"))
+    assert {"106[0].pbs", "106[1].pbs"} <= set(jobs)
+
+
+def test_pbs_backend_submits_one_scale_up_as_one_array(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No PBS server runs here: a recording ``qsub`` on PATH stands in for the server, to show
+    the backend's wiring — one ``qsub -J`` for the three jobs of one scale-up, and the sub-job
+    ids it hands back to dask-jobqueue."""
+    import asyncio
+    import stat
+
+    from ctrlstack.deploy.backends.pbs import PBSBackend
+
+    calls = tmp_path / "calls"
+    qsub = tmp_path / "bin" / "qsub"
+    qsub.parent.mkdir()
+    qsub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 109[].pbs\n')
+    qsub.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{qsub.parent}:/usr/bin:/bin")
+    backend = PBSBackend(get_profile("pbs-cpu"), cluster_name="big", workdir=tmp_path / "big.d")
+
+    async def scale_up() -> list[str]:
+        jobs = [backend.submit_job(f"big-{i}", "tls://h:1") for i in range(3)]
+        return list(await asyncio.gather(*jobs))
+
+    ids = asyncio.run(scale_up())
+    assert ids == ["109[0].pbs", "109[1].pbs", "109[2].pbs"]
+    submitted = calls.read_text().splitlines()
+    assert len(submitted) == 1, submitted
+    script = Path(submitted[0]).read_text()
+    assert "#PBS -J 0-2" in script.splitlines()
+    assert "CTRLSTACK_NAMES=(big-0 big-1 big-2)" in script
+    assert backend.cancel_argv([ids[1]]) == ["qdel", "-W", "force", "109[1].pbs"]
+
+
 # ----------------------------------------------------------------------------- ctrlstack worker
 def _worker_cli(env: dict[str, str]) -> Any:
     import subprocess

@@ -48,8 +48,9 @@ class PBSBackend(SlurmBackend):
 
     name: ClassVar[str] = "pbs"
     job_cls: ClassVar[type[Any]] = CtrlstackPBSJob
-    #: PBS arrays (``-J``, ids ``123[4]``) are built by the builders but not wired yet.
-    array_supported: ClassVar[bool] = False
+    #: One scale-up goes out as one ``qsub -J 0-<n-1>`` array (``pbs.array``); its sub-jobs
+    #: ``123[i].server`` are polled, retired and ``qdel``-ed one by one like single jobs.
+    array_supported: ClassVar[bool] = True
 
     def job_script(self, scheduler: str, name: str, workers: int | None = None) -> str:
         return P.job_script(
@@ -60,6 +61,21 @@ class PBSBackend(SlurmBackend):
             log_directory=self.log_directory,
             cluster=self.cluster_name,
         )
+
+    def array_script(self, names: list[str], scheduler: str, workers: int | None = None) -> str:
+        return P.job_script(
+            self.opts_for(workers),
+            scheduler=scheduler,
+            name=names[0],
+            credentials=self.credentials_dir,
+            log_directory=self.log_directory,
+            cluster=self.cluster_name,
+            array_names=names,
+        )
+
+    @staticmethod
+    def array_task_ids(array_id: str, count: int) -> list[str]:
+        return P.array_task_ids(array_id, count)
 
     def job_log(self, job_id: str) -> str:
         """``-o <dir>/`` makes PBS write ``<dir>/<job id>.OU`` (stdout and stderr, ``-j oe``)."""

@@ -401,19 +401,26 @@ class SlurmBackend(Backend):
         self, names: list[str], scheduler: str, workers: int | None = None
     ) -> list[str]:
         script = self.script_path(f"{names[0]}-array{len(names)}")
-        script.write_text(
-            S.job_script(
-                self.opts_for(workers),
-                scheduler=scheduler,
-                name=names[0],
-                credentials=self.credentials_dir,
-                log_directory=self.log_directory,
-                cluster=self.cluster_name,
-                array_names=names,
-            )
-        )
+        script.write_text(self.array_script(names, scheduler, workers))
         array_id = self.submit(str(script), f"array of {len(names)} jobs")
-        return [f"{array_id}_{i}" for i in range(len(names))]
+        return self.array_task_ids(array_id, len(names))
+
+    def array_script(self, names: list[str], scheduler: str, workers: int | None = None) -> str:
+        """One array job whose task *i* runs the workers of job ``names[i]``."""
+        return S.job_script(
+            self.opts_for(workers),
+            scheduler=scheduler,
+            name=names[0],
+            credentials=self.credentials_dir,
+            log_directory=self.log_directory,
+            cluster=self.cluster_name,
+            array_names=names,
+        )
+
+    @staticmethod
+    def array_task_ids(array_id: str, count: int) -> list[str]:
+        """The ids the queue shows for the tasks of array ``array_id`` (``123_4``)."""
+        return S.array_task_ids(array_id, count)
 
     # ------------------------------------------------------------------ scheduler commands
     def submit(self, script: str, name: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -23,6 +24,7 @@ from ctrlstack.deploy.status import JobStatus
 from .options import BatchOptions, format_walltime, parse_walltime
 
 __all__ = [
+    "array_task_ids",
     "directives",
     "is_rejection",
     "parse_qstat",
@@ -95,6 +97,14 @@ def parse_qsub(stdout: str) -> str:
     if not re.match(r"^\d+(\[\])?(\.[\w.-]+)?$", job_id):
         raise ValueError(f"cannot read a job id from qsub output {stdout!r}")
     return job_id
+
+
+def array_task_ids(array_id: str, count: int) -> list[str]:
+    """qsub printed ``123[].server`` for ``-J 0-<n-1>``: its sub-jobs are ``123[0].server`` ...
+    (the ids ``qstat -t`` lists and ``qdel`` takes one by one)."""
+    if "[]" not in array_id:
+        raise ValueError(f"{array_id!r} is not a PBS array id (expected '123[].server')")
+    return [array_id.replace("[]", f"[{i}]", 1) for i in range(count)]
 
 
 def is_rejection(stderr: str) -> str | None:
@@ -185,16 +195,35 @@ def job_script(
     credentials: str,
     log_directory: str,
     cluster: str = "",
+    array_names: Sequence[str] | None = None,
 ) -> str:
-    """The exact script qsub gets (same template as Slurm's, ``#PBS`` directives)."""
+    """The exact script qsub gets (same template as Slurm's, ``#PBS`` directives).
+
+    With ``array_names`` it is one ``-J 0-<n-1>`` array whose sub-job *i* runs the workers of
+    job ``array_names[i]``: the names are a quoted bash array indexed by ``$PBS_ARRAY_INDEX`` (an
+    integer PBS sets), the only expansion in the script, as in Slurm's array script.
+    """
     from .script import batch_script
 
-    return batch_script(
+    token = "CTRLSTACK_ARRAY_TASK_NAME"
+    text = batch_script(
         opts,
         directive_prefix="#PBS",
-        directives=directives(opts, log_directory=log_directory),
+        directives=directives(
+            opts,
+            log_directory=log_directory,
+            array=None if array_names is None else len(array_names),
+        ),
         scheduler=scheduler,
-        name=name,
+        name=name if array_names is None else token,
         credentials=credentials,
         cluster=cluster,
     )
+    if array_names is None:
+        return text
+    names = " ".join(shlex.quote(n) for n in array_names)
+    head, _, command = text.rpartition("\nexec ")
+    command = command.replace(
+        f" --name {token} ", ' --name "${CTRLSTACK_NAMES[$PBS_ARRAY_INDEX]}" '
+    )
+    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"

@@ -26,6 +26,7 @@ from .options import BatchOptions, format_walltime
 
 __all__ = [
     "SQUEUE_FORMAT",
+    "array_task_ids",
     "directives",
     "is_rejection",
     "log_pattern",
@@ -268,6 +269,11 @@ def parse_scontrol(text: str) -> JobStatus | None:
         status.start_estimate = parse_time(fields.get("StartTime", ""))
     status.log = fields.get("StdOut") or None
     return status
+
+
+def array_task_ids(array_id: str, count: int) -> list[str]:
+    """``sbatch --array=0-<n-1>`` printed ``123``: its tasks are ``123_0`` ... ``123_<n-1>``."""
+    return [f"{array_id}_{i}" for i in range(count)]
 
 
 def scancel_argv(job_ids: Iterable[str]) -> list[str]:
