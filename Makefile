@@ -26,6 +26,8 @@ setup: $(STAMP) $(LABEXT) labextension-link
 # during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# A re-install would write the wheel's shared data through the link below into the tree.
+	test ! -L $(LABEXT_LINK) || rm $(LABEXT_LINK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
