@@ -11,6 +11,8 @@ Measures, alternating the two sides every repeat (medians reported):
 * ctrlstack with 2 workers per job (N/2 jobs × 2 forked workers, ``workers-per-job: 2``: the
   same 8 workers × 1 CPU).  More per job does not fit here: the CI node declares 8 CPUs but the
   VM has 2, and ``ctrlstack worker`` refuses to plan more workers than the job's real CPUs;
+* plain dask-jobqueue packed the same way (``processes=2, cores=2``: N/2 jobs × 2 workers), so
+  the packed comparison is also made like for like;
 * ctrlstack with ``nanny: true`` (a nanny per worker, each spawning a fresh interpreter: the
   start-up path before forked workers), to show what forking saves;
 * a breakdown, same conditions: ``sbatch`` of a trivial job until it runs (submission +
@@ -103,13 +105,13 @@ def ctrlstack_scale(n: int) -> float:
         wait_empty()
 
 
-def _plain(log_dir: str) -> Any:
+def _plain(log_dir: str, per_job: int = 1) -> Any:
     from dask_jobqueue import SLURMCluster
 
     return SLURMCluster(
-        cores=1,
-        memory="1GiB",
-        processes=1,
+        cores=per_job,
+        memory=f"{per_job}GiB",
+        processes=per_job,
         queue="debug",
         walltime="00:30:00",
         interface="lo",
@@ -118,11 +120,11 @@ def _plain(log_dir: str) -> Any:
     )
 
 
-def plain_run(n: int, log_dir: str) -> dict[str, float]:
+def plain_run(n: int, log_dir: str, per_job: int = 1) -> dict[str, float]:
     from distributed import Client
 
     t0 = time.perf_counter()
-    cluster = _plain(log_dir)
+    cluster = _plain(log_dir, per_job)
     client = Client(cluster)
     cluster.scale(n)
     client.wait_for_workers(1, timeout=300)
@@ -203,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         record("ctrlstack packed first worker", run["first"])
         record("ctrlstack packed stop->empty", run["stop"])
 
+    def plain_packed() -> None:
+        with tempfile.TemporaryDirectory() as logs:
+            run = plain_run(n, logs, per_job=2)
+            record("plain packed launch", run["launch"])
+
     def nanny() -> None:
         record("ctrlstack nanny launch", ctrlstack_run(n, nanny=True)["launch"])
 
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ctrlstack", ours),
         ("plain", plain),
         ("packed", packed),
+        ("plain packed", plain_packed),
         ("nanny", nanny),
         ("breakdown", breakdown),
     ]
@@ -240,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  packed launch ratio ({n // 2} jobs × 2 workers vs plain {n} jobs): {packed_ratio:.2f}×"
     )
+    like = _median(results["ctrlstack packed launch"]) / _median(results["plain packed launch"])
+    print(f"  packed vs plain packed (both {n // 2} jobs × 2 workers, processes=2): {like:.2f}×")
     nanny_ratio = _median(results["ctrlstack nanny launch"]) / _median(results["plain launch"])
     print(f"  nanny launch ratio (nanny: true, {n} jobs): {nanny_ratio:.2f}×")
     return 0

@@ -270,7 +270,13 @@ def test_broken_record_is_listed_and_forgotten(server: LabServer) -> None:
     records = server.state_dir / "clusters"
     records.mkdir(parents=True, exist_ok=True)
     (records / "wreck.json").write_text("{truncated")
+    # A record written outside the server shows on a later poll: the list is answered from
+    # memory and refreshed behind the answer (stale-while-revalidate, at most ~1 s old).
+    deadline = time.monotonic() + 10
     rows = server.request("GET", f"{API}/clusters")[1]
+    while not any(r["name"] == "wreck" for r in rows) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = server.request("GET", f"{API}/clusters")[1]
     wreck = next(r for r in rows if r["name"] == "wreck")
     assert wreck["state"] == "broken"
     assert wreck["message"]
