@@ -49,3 +49,27 @@ def test_topology_notebook_runs(state_dir: Path) -> None:
     assert "pinned:" in text
     assert "clusters left running: 0" in text
     assert ctrlstack.clusters() == []
+
+
+@pytest.mark.slurm
+def test_batch_notebook_submits_the_science_analysis_to_slurm(
+    slurm: object, state_dir: Path, tmp_path: Path
+) -> None:
+    """notebooks/batch.ipynb against the real Slurm: the executed science notebook comes back
+    from the job (copied to a temp dir so the run's outputs do not land in the checkout)."""
+    import shutil
+
+    for name in ("batch.ipynb", "science.ipynb"):
+        shutil.copy(NOTEBOOKS / name, tmp_path / name)
+    nb = nbformat.read(tmp_path / "batch.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert " succeeded batch job " in text, text
+    assert "moving mean matches xarray rolling: True" in text, text
+    assert "heat conserved inside the plate" in text, text
+    executed = sorted(tmp_path.glob("science.*.ipynb"))
+    assert len(executed) == 1, executed
