@@ -57,8 +57,8 @@ KERNELS = {
 
 def _count(n: int, imp: str, call: str) -> int:
     script = _SETUP.format(n=n) + imp + "\n" + call + "\n"
-    # A fixed hash seed makes the interpreter's own start-up retire the same instructions in
-    # both runs; with a random one the noise exceeded a cheap kernel's count at n = 2e5.
+    # A fixed hash seed removes one source of run-to-run difference in the interpreter's own
+    # start-up (at n = 2e5 the noise exceeded a cheap kernel's count with a random seed).
     env = dict(os.environ, PYTHONPATH=str(REPO), CTRLSTACK_THREAD_BUDGET="1", PYTHONHASHSEED="0")
     proc = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
