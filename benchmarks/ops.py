@@ -18,8 +18,11 @@ What it prints (the table recorded in ``docs/benchmarks.md``):
   whether our result matched the reference;
 * compile latency: first call in a fresh subprocess with an empty ``NUMBA_CACHE_DIR`` (cold
   compile) and again with that cache filled (cached), so the ``cache=True`` saving is visible;
-  then the first call inside each worker of a fresh 2-worker ``LocalCluster`` sharing that cache
-  (the slower worker is reported): the target is "no more than the cached first call".
+  then, after ``ctrlstack.ops.warm([op])`` (what ``ctrlstack ops warm`` does), the first call
+  inside each worker of a fresh 2-worker ``LocalCluster`` sharing that cache (the slower worker
+  is reported), once plain and once with the ``ctrlstack.ops.preload`` worker preload loading
+  the op while the workers start (with both clusters' start-up times): the target is "no more
+  than the cached first call".
 
 Cases come from ``benchmarks/ops_ml.py`` and ``benchmarks/ops_sci.py`` (``cases()`` returning
 ``harness.Case`` objects; optional ``compile_probes()``).  Thread counts are applied to both
@@ -276,17 +279,35 @@ def probe():
 if __name__ == "__main__":
     from distributed import Client, LocalCluster
 
+    t0 = time.perf_counter()
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        preload={preload!r},
     ) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        start = time.perf_counter() - t0
         times = client.run(probe)
-    print(json.dumps({{"first_s": max(times.values())}}))
+    print(json.dumps({{"first_s": max(times.values()), "start_s": start}}))
 """
 
 
-def _run_probe(setup: str, call: str, cache_dir: str, cluster: bool = False) -> dict[str, float]:
+def _run_probe(
+    setup: str, call: str, cache_dir: str, cluster: bool = False, preload_op: str | None = None
+) -> dict[str, float]:
+    """One fresh process (or fresh 2-worker cluster) timing the first and second call.
+
+    ``preload_op``: the cluster's workers load that op's kernels while they start
+    (``ctrlstack.ops.preload``), so their first call should be no more than a warm call.
+    """
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(REPO))
-    script = (_CLUSTER_PROBE if cluster else _PROBE).format(setup=setup, call=call)
+    preload: list[str] = []
+    if preload_op is not None:
+        env["DASK_CTRLSTACK__OPS__PRELOAD"] = preload_op
+        preload = ["ctrlstack.ops.preload"]
+    if cluster:
+        script = _CLUSTER_PROBE.format(setup=setup, call=call, preload=preload)
+    else:
+        script = _PROBE.format(setup=setup, call=call)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -309,6 +330,8 @@ _COMPILE_COLUMNS = (
     "cold first call",
     "cached first call",
     "fresh 2-worker cluster first call",
+    "same, ops preload",
+    "cluster start plain / preload",
     "second call",
     "imports",
     "process wall cold / cached",
@@ -326,7 +349,13 @@ def compile_latency(modules: Sequence[Any]) -> list[dict[str, Any]]:
                 try:
                     cold = _run_probe(setup, call, cache)
                     warm = _run_probe(setup, call, cache)
+                    # probe names are op names, optionally with a shape ("heat_diffusion 2-D")
+                    op = name.split()[0]
+                    # the documented step before a cluster starts: `ctrlstack ops warm <op>`
+                    # (every dtype and shape of the op, not only the probe's)
+                    _run_probe("from ctrlstack.ops import warm", f"warm([{op!r}])", cache)
                     worker = _run_probe(setup, call, cache, cluster=True)
+                    pre = _run_probe(setup, call, cache, cluster=True, preload_op=op)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     rows.append(dict.fromkeys(_COMPILE_COLUMNS, "-") | {"kernel": name})
                     rows[-1]["cold first call"] = f"error: {exc}"
@@ -337,6 +366,10 @@ def compile_latency(modules: Sequence[Any]) -> list[dict[str, Any]]:
                     "cold first call": f"{cold['first_s']:.2f} s",
                     "cached first call": f"{warm['first_s']:.3f} s",
                     "fresh 2-worker cluster first call": f"{worker['first_s']:.3f} s",
+                    "same, ops preload": f"{pre['first_s']:.3f} s",
+                    "cluster start plain / preload": (
+                        f"{worker['start_s']:.2f} / {pre['start_s']:.2f} s"
+                    ),
                     "second call": f"{warm['second_s'] * 1e3:.2f} ms",
                     "imports": f"{warm['import_s']:.2f} s",
                     "process wall cold / cached": f"{cold['wall_s']:.1f} / {warm['wall_s']:.1f} s",

@@ -312,6 +312,23 @@ def dask_setup(worker: Any) -> None:
     with contextlib.suppress(AttributeError):
         worker.ctrlstack_pin = result
     logger.info("ctrlstack pinning: %s", result)
+    _preload_ops(worker)
+
+
+def _preload_ops(worker: Any) -> None:
+    """Load the kernels named by ``ctrlstack.ops.preload`` now that the threads are pinned.
+
+    Here rather than as a second preload so that every ctrlstack worker (local, nanny or forked
+    in a batch job) gets it from one setting, and so that Numba (imported by the load) starts
+    its pool only after the mask and memory policy are in place.  Nothing is imported when the
+    setting is empty (the default): ``ctrlstack.ops`` imports Numba, so only the key is read.
+    """
+    import dask.config
+
+    if dask.config.get("ctrlstack.ops.preload", default=None):
+        from ctrlstack.ops.preload import dask_setup as ops_setup  # imports Numba
+
+        ops_setup(worker)
 
 
 # ---------------------------------------------------------------------------------- diagnostics
