@@ -236,6 +236,25 @@ def test_damaged_records_neither_crash_nor_hide_the_others(
         load("../../etc/passwd", state_dir)
 
 
+def test_runs_list_oldest_first_even_within_one_second(
+    tmp_path: pathlib.Path, state_dir: pathlib.Path
+) -> None:
+    # Ids carry the second only: the file names of two runs submitted in one second sort by
+    # their random suffix, which must not decide the order (it did, and flaked a Slurm test).
+    first = _record(tmp_path, id="20260101-000000-ffff", created=1000.25)
+    second = _record(tmp_path, id="20260101-000000-0000", created=1000.75)
+    save(second, state_dir)
+    save(first, state_dir)
+    (state_dir / "runs" / "20260101-000000-aaaa.json").write_text(
+        json.dumps({**_record(tmp_path, id="20260101-000000-aaaa").to_dict(), "created": "x"})
+    )  # a damaged creation time sorts first and crashes nothing
+    assert [r.id for r in list_runs(state_dir)] == [
+        "20260101-000000-aaaa",
+        first.id,
+        second.id,
+    ]
+
+
 def test_refresh_never_overwrites_an_end_the_executor_wrote(
     tmp_path: pathlib.Path, state_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -173,11 +173,20 @@ def judge(record: RunRecord) -> RunRecord:
 
 
 def list_runs(state_dir: pathlib.Path | None = None) -> list[RunRecord]:
-    """Every run of this user, oldest first (unreadable files are skipped)."""
+    """Every run of this user, oldest first (unreadable files are skipped).
+
+    Ordered by the recorded creation time, not the file name: ids carry the second only, so two
+    runs submitted within one second would otherwise list in the order of their random suffix.
+    """
     out = []
-    for path in sorted(runs_dir(state_dir).glob("*.json")):
+    for path in runs_dir(state_dir).glob("*.json"):
         try:
             out.append(judge(RunRecord.from_dict(json.loads(path.read_text()))))
         except (OSError, ValueError, TypeError, AttributeError):
             continue
-    return out
+
+    def _key(record: RunRecord) -> tuple[float, str]:
+        created = record.created if isinstance(record.created, (int, float)) else 0.0
+        return (float(created), str(record.id))
+
+    return sorted(out, key=_key)
