@@ -245,6 +245,7 @@ def _grouped_cases(quick: bool) -> list[Case]:
     v = np.random.default_rng(7).normal(size=n)
     v[np.random.default_rng(8).random(n) < 0.01] = np.nan
     labels = np.random.default_rng(9).integers(0, ng, n)
+    sorted_labels = np.sort(labels)  # groupby after a sort: runs of equal labels
     ok = ~np.isnan(v)
     frame = pd.Series(v)
 
@@ -268,6 +269,21 @@ def _grouped_cases(quick: bool) -> list[Case]:
                 "pandas groupby.mean": lambda: frame.groupby(labels).mean().to_numpy(),
             },
             check=_allclose(1e-12, 1e-12),
+        ),
+        Case(
+            family="grouped",
+            name="group_mean 1000 groups, sorted labels",
+            size=f"{n / 1e6:g}M f64 + int64 labels",
+            kind="bandwidth",
+            work=16.0 * n,
+            ours=lambda: group_mean(v, sorted_labels, ng),
+            references={
+                "numbagg.group_nanmean": lambda: numbagg.group_nanmean(
+                    v, sorted_labels, num_labels=ng
+                ),
+            },
+            check=_allclose(1e-12, 1e-12),
+            notes="sorted labels: each group's adds form one dependency chain in a one-lane loop",
         ),
         Case(
             family="grouped",

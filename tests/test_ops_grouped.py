@@ -199,6 +199,36 @@ def test_invalid_label_in_any_lane_raises(name: str, bad_at: int) -> None:
             KERNELS[name](np.arange(7.0), labels, 3)
 
 
+@pytest.mark.parametrize("layout", ["scattered", "sorted"])
+@pytest.mark.parametrize("bad_at", [0, 1, 500, 2998])
+def test_one_and_two_lane_paths_match_bincount_and_check_labels(layout: str, bad_at: int) -> None:
+    """Scattered labels take one accumulator lane, sorted ones two; both count every value once.
+
+    ``_repeats`` is asserted too, so the test exercises the lane choice it names.
+    """
+    from ctrlstack.ops.grouped import _repeats
+
+    n, ng = 2999, 50  # odd length: the two-lane path's tail value is covered too
+    v = RNG.normal(size=n)
+    v[RNG.random(n) < 0.1] = np.nan
+    labels = np.arange(n) % ng  # no neighbour repeats its label
+    if layout == "sorted":
+        labels = np.sort(labels)
+    assert bool(_repeats(labels)) is (layout == "sorted")
+    ok = ~np.isnan(v)
+    np.testing.assert_array_equal(group_count(v, labels, ng), np.bincount(labels[ok], minlength=ng))
+    ref = np.bincount(labels[ok], v[ok], minlength=ng)
+    np.testing.assert_allclose(group_sum(v, labels, ng), ref, rtol=1e-12, atol=1e-12)
+    mean = ref / np.bincount(labels[ok], minlength=ng)
+    np.testing.assert_allclose(group_mean(v, labels, ng), mean, rtol=1e-12, atol=1e-12)
+    for bad in (-1, ng):
+        broken = labels.copy()
+        broken[bad_at] = bad
+        for kernel in (group_sum, group_mean, group_count):
+            with pytest.raises(ValueError, match="labels must"):
+                kernel(v, broken, ng)
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 1001])
 def test_odd_and_even_lengths_match_bincount(n: int) -> None:
     """Lane split and the odd tail: every value is counted exactly once."""
