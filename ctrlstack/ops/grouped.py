@@ -92,7 +92,11 @@ def _repeats(ls):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """One-lane body of :func:`_sum_task` (scattered labels); True if a label was invalid."""
+    """One-lane body of :func:`_sum_task` (scattered labels); True if a label was invalid.
+
+    Two loops, like the two-lane body, rather than one with ``if count`` inside: that single
+    loop measured 1.5-3 % slower with counts (Zen 4, 1e7 values, three runs), the same without.
+    """
     bad = False
     if count:
         for j in range(xs.shape[0]):
