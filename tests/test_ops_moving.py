@@ -157,6 +157,24 @@ def test_no_drift_after_huge_value_leaves() -> None:
     np.testing.assert_allclose(moving_std(big, 100, ddof=1), np.sqrt(exact), rtol=1e-9)
 
 
+@pytest.mark.parametrize("frac", [0.0, 0.005, 0.3])
+@pytest.mark.parametrize("name", ["sum", "mean"])
+def test_branchy_and_branch_free_sum_loops_agree_with_pandas(name: str, frac: float) -> None:
+    """Rows with few NaNs take the branchy loop, rows with many the branch-free one."""
+    from ctrlstack.ops.moving import _few_nans
+
+    a = with_nans((2, 6000), frac=frac)
+    assert bool(_few_nans(a[0, 100:])) is (frac < 0.025)  # both paths are exercised
+    for window, mc in ((100, 100), (100, 60), (7, 1)):
+        got = KERNELS[name](a, window, min_count=mc, threads=1)
+        assert_same(got, pandas_ref(name, a, window, mc), *TOL[name])
+    b = a[0].copy()
+    b[[3000, 3001, 4500]] = [np.inf, -np.inf, np.inf]  # inf - inf inside the sparse loop
+    got = KERNELS[name](b, 5, min_count=1)
+    assert_same(got, brute(name, b, 5, 1), *TOL[name])
+    assert np.isinf(got).sum() == np.isinf(brute(name, b, 5, 1)).sum() > 0
+
+
 def _step_and_walk() -> dict[str, np.ndarray]:
     """Inputs that defeat a plain add/remove variance, several streaming chunks long."""
     step = RNG.normal(size=6000)

@@ -109,9 +109,29 @@ def _two_sum(a, b):  # type: ignore[no-untyped-def]  # pragma: no cover
     return s, e
 
 
+#: When the branchy running-sum loop runs: a segment takes it when fewer than one in
+#: ``_NAN_SHARE`` of its first ``_NAN_SAMPLE`` values is NaN (each NaN entering or leaving the
+#: window is a likely mispredicted branch there; the branch-free loop does not care).
+_NAN_SAMPLE = 2048
+_NAN_SHARE = 40
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _few_nans(x):  # type: ignore[no-untyped-def]  # pragma: no cover
+    m = min(x.shape[0], _NAN_SAMPLE)
+    nans = 0
+    for i in range(m):
+        nans += not _ok(x[i])
+    return nans * _NAN_SHARE < m
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sum_task(x, o, start, stop, w, min_count, scale, mean):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Running NaN-skipping sum (or mean) for ``o[start:stop]``: one dependent add per element.
+
+    ``scale[c]`` is the factor for a window of ``c`` valid values: NaN below ``min_count``,
+    ``1/c`` for means, ``1`` for sums (exact), so each output is ``s * scale[c]``, with no
+    division and no ``min_count`` select in the loop.
 
     Fast path: a plain running sum ``s += in - out``.  A plain running sum loses the low bits
     of the window for good when a huge value enters and leaves it (bottleneck's stays off by 1
@@ -121,13 +141,12 @@ def _sum_task(x, o, start, stop, w, min_count, scale, mean):  # type: ignore[no-
     the segment is redone by :func:`_sum_task_inf` (infinities) or :func:`_sum_task_comp`
     (compensated, ~1.5x slower); ordinary data never pays for either.
     """
-    nan = np.nan
     s = 0.0
     c = 0
     # Warm up with the w values before `start` (the first removal below takes x[start - w]).
     for i in range(max(0, start - w), start):
         v = x[i]
-        ok = not np.isnan(v)
+        ok = _ok(v)
         s += v if ok else 0.0
         c += ok
     head = min(stop, w)
@@ -136,24 +155,40 @@ def _sum_task(x, o, start, stop, w, min_count, scale, mean):  # type: ignore[no-
         ok = _ok(v)
         s += v if ok else 0.0
         c += ok
-        r = s / (c if mean else 1)
-        o[i] = r if c >= min_count else nan
+        o[i] = s * scale[c]
     lo = max(start, head)
     # Slices and 0-based loops: Numba then drops its negative-index wraparound code (-25 %).
-    # `v == v` and a division (error_model="numpy": no zero check; c == 0 is masked anyway)
-    # instead of np.isnan and a `scale[c]` table load: 38 -> 27 ms for 1e7 values (measured).
     xin = x[lo:stop]
     xout = x[lo - w : stop - w]
     os = o[lo:stop]
-    for i in range(xin.shape[0]):
-        v = xin[i]
-        u = xout[i]
-        ok = _ok(v)
-        ok_u = _ok(u)
-        s += (v if ok else 0.0) - (u if ok_u else 0.0)
-        c += int(ok) - int(ok_u)
-        r = s / (c if mean else 1)
-        os[i] = r if c >= min_count else nan
+    if _few_nans(xin):
+        # Branchy, like bottleneck's: ``d == d`` is one test for "both values are numbers",
+        # and the factor is reloaded only when the count changes.  Zen 4, 1e6 values,
+        # 1 % NaN: 0.95 ns/value vs 1.25 for the branch-free loop (which the 10 % NaN case
+        # keeps at 1.25 where this one takes 3.4).
+        f = scale[c]
+        for i in range(xin.shape[0]):
+            v = xin[i]
+            u = xout[i]
+            d = v - u
+            if d == d:  # noqa: PLR0124
+                s += d
+            else:
+                ok = _ok(v)
+                ok_u = _ok(u)
+                s += (v if ok else 0.0) - (u if ok_u else 0.0)
+                c += int(ok) - int(ok_u)
+                f = scale[c]
+            os[i] = s * f
+    else:
+        for i in range(xin.shape[0]):
+            v = xin[i]
+            u = xout[i]
+            ok = _ok(v)
+            ok_u = _ok(u)
+            s += (v if ok else 0.0) - (u if ok_u else 0.0)
+            c += int(ok) - int(ok_u)
+            os[i] = s * scale[numba.uint64(c)]  # unsigned: no wraparound code
     if not np.isfinite(s):
         _sum_task_inf(x, o, start, stop, w, min_count, scale)
         return
@@ -568,7 +603,7 @@ def _moments_worker(  # type: ignore[no-untyped-def]  # pragma: no cover
     for k in range(tb[t], tb[t + 1]):
         r = rows[k]
         if op <= 1:
-            _sum_task(a2[r], out2[r], starts[k], stops[k], w, min_count, inv, op == 1)
+            _sum_task(a2[r], out2[r], starts[k], stops[k], w, min_count, inv)
         else:
             _var_task(
                 a2[r],
@@ -792,11 +827,14 @@ def _run_numpy(
             run(a2, o2, w, min_count, op == _MAX, rows, starts, stops, tb, sf, si)
         else:
             sf3 = np.empty((workers, 2, 2, w + 1), dtype=np.float64)
-            # scale[n] multiplies a sum of n values: 1/n for means, 1 for sums (exact), so the
-            # sum and mean loops are one branch-free kernel.
+            # scale[n] multiplies a sum of n values: 1/n for means, 1 for sums (exact), NaN
+            # below min_count, so the sum and mean loops share one body with no division and
+            # no min_count select.
             inv = np.empty(w + 1, dtype=np.float64)
             inv[0] = np.nan
             inv[1:] = 1.0 / np.arange(1, w + 1, dtype=np.float64) if op != _SUM else 1.0
+            if op in (_SUM, _MEAN):
+                inv[:min_count] = np.nan  # the sum loops then need no min_count select
             denom = np.arange(w + 1, dtype=np.float64) - ddof
             invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
             chunk = _stream_chunk_len(w)
