@@ -32,8 +32,8 @@ __all__ = ["METRICS", "knn", "pairwise_distances"]
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 _SQEUCLIDEAN, _EUCLIDEAN, _COSINE = 0, 1, 2
 _OUT_TILE_BYTES = 1 << 19  # one square output tile: about 512 KiB, in L2 on most x86
-_TILE_BYTES = 1 << 19  # kNN: one tile of Y^T (d x tile) stays in L2 across a block of queries
-_KNN_BLOCK = 64  # kNN query rows per block
+_TILE_BYTES = 1 << 18  # kNN: one tile of Y^T (d x tile) stays in L2 across a block of queries
+_KNN_BLOCK = 128  # kNN query rows per block (one GEMM of 128 x d x ~1000 per tile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,28 +175,21 @@ def _select_k(row, offset, skip, keys, vals, idx, filled):  # type: ignore[no-un
 
 
 @numba.njit(cache=True, nogil=True)
-def _knn_tile(buf, ys, nc, s, X, Y, xn, yn, bad_y, metric, exclude_self, keys, vals, out_i, filled):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Merge one GEMM tile ``buf`` (nr, tile) = ``x_i . y_j`` for candidates ``ys:ys + nc``.
+def _knn_tile(buf, ys, nc, s, X, Y, xn, bad_y, metric, exclude_self, keys, vals, out_i, filled):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Merge one GEMM tile ``buf`` (nr, tile) of ranking keys for candidates ``ys:ys + nc``.
 
-    Ranking uses a key monotonic in the distance, one FMA per candidate: ``|y|^2 - 2 x.y``
-    (euclidean family; ``|x|^2`` is constant per row) or ``-x.y`` (cosine, on normalised rows).
-    Candidates in ``bad_y`` (NaN/inf rows) and query rows with NaN/inf are computed directly.
+    The GEMM already produced the key, monotonic in the distance (see :func:`_knn_operands`):
+    ``|y|^2 - 2 x.y`` (euclidean family; ``|x|^2`` is constant per row) or ``-x.y`` (cosine,
+    on normalised rows), so this pass only selects.  Candidates in ``bad_y`` (NaN/inf rows)
+    and query rows with NaN/inf are computed directly.
     """
-    cosine = metric == _COSINE
     for r in range(filled.shape[0]):
         i = s + r
         row = buf[r, :nc]
-        xi = xn[i]
-        if not math.isfinite(xi):
+        if not math.isfinite(xn[i]):
             for j in range(nc):
                 row[j] = _direct(metric, X, i, Y, ys + j)
         else:
-            if cosine:
-                for j in range(nc):
-                    row[j] = -row[j]
-            else:
-                for j in range(nc):
-                    row[j] = yn[ys + j] - 2 * row[j]
             for q in range(bad_y.shape[0]):
                 jj = bad_y[q] - ys
                 if 0 <= jj < nc:
@@ -405,9 +398,7 @@ def _knn_tiles(
     n = Ya.shape[0]
     k = out_d.shape[1]
     bad_y = np.flatnonzero(~np.isfinite(yn))
-    Xg, Yg = Xa, Ya
-    if code == _COSINE:  # rank by -cos: normalise once (zero rows stay zero: similarity 0)
-        Xg, Yg = _normalised(Xa, xn), _normalised(Ya, yn)
+    Xg, Yg = _knn_operands(Xa, Ya, xn, yn, code)
     YT = _tiled_transpose(Yg)
     n_tiles, _, tile = YT.shape
     block = _KNN_BLOCK
@@ -433,12 +424,34 @@ def _knn_tiles(
             ys = ti * tile
             np.matmul(Xg[s:e], YT[ti], out=buf)
             _knn_tile(
-                buf, ys, min(tile, n - ys), s, Xa, Ya, xn, yn, bad_y, code, same,
+                buf, ys, min(tile, n - ys), s, Xa, Ya, xn, bad_y, code, same,
                 keys, vals, out_i, filled,
             )  # fmt: skip
         _knn_finish(s, xn, yn, code, vals, out_i, out_d)
 
     run_tiles(-(-m // block), threads, body)
+
+
+def _knn_operands(
+    Xa: np.ndarray, Ya: np.ndarray, xn: np.ndarray, yn: np.ndarray, code: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """GEMM operands whose product is the ranking key itself, so no pass rewrites the tile.
+
+    Euclidean family: ``[-2 x, 1] . [y, |y|^2] = |y|^2 - 2 x.y`` (``-2 x`` is exact); cosine:
+    ``-x/|x| . y/|y|``.  Folding the key into the GEMM (one more inner dimension) saved the
+    elementwise pass that read and wrote every tile once more (docs/ops-ml.md, kNN).
+    Non-finite rows get 0 in the extra column; their keys are recomputed directly anyway.
+    """
+    if code == _COSINE:  # rank by -cos: normalise once (zero rows stay zero: similarity 0)
+        return -_normalised(Xa, xn), _normalised(Ya, yn)
+    m, d = Xa.shape
+    Xg = np.empty((m, d + 1), dtype=Xa.dtype)
+    np.multiply(Xa, -2.0, out=Xg[:, :d])
+    Xg[:, d] = 1.0
+    Yg = np.empty((Ya.shape[0], d + 1), dtype=Ya.dtype)
+    Yg[:, :d] = Ya
+    Yg[:, d] = np.where(np.isfinite(yn), yn, 0.0)
+    return Xg, Yg
 
 
 def _tiled_transpose(Y: np.ndarray) -> np.ndarray:
