@@ -161,6 +161,44 @@ def test_predict_matches_brute_force_argmin(dtype: Any) -> None:
     np.testing.assert_array_equal(kmeans_predict(X, fitted.cluster_centers_), fitted.predict(X))
 
 
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 40])
+def test_predict_matches_brute_force_across_vector_widths(k: int) -> None:
+    """k below, at and past the 16-wide argmin step (padding, several steps per row)."""
+    X = blobs(2000, 5, 9, np.float64, seed=k)
+    centers = np.random.default_rng(k).normal(size=(k, 5)) * 4
+    expected = cdist(X, centers, "sqeuclidean").argmin(1)
+    np.testing.assert_array_equal(kmeans_predict(X, centers, threads=2), expected)
+    dup = np.concatenate([centers, centers])  # every centre twice: ties go to the first copy
+    np.testing.assert_array_equal(kmeans_predict(X, dup, threads=1), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_argmin_width_matches_numpy(dtype: Any) -> None:
+    import numba
+
+    from ctrlstack.ops._simd import WIDTH, argmin_width
+
+    @numba.njit
+    def rows_argmin(a: np.ndarray, add: np.ndarray) -> np.ndarray:
+        out = np.empty(a.shape[0] // WIDTH, dtype=np.int64)
+        for r in range(out.shape[0]):
+            out[r] = argmin_width(a, r * WIDTH, add, 0)
+        return out
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 5, size=(500, WIDTH)).astype(dtype)  # many ties
+    add = rng.integers(0, 3, size=WIDTH).astype(dtype)
+    a[3, :4] = np.nan  # NaN lanes are skipped
+    a[4, :] = np.nan  # all NaN: 0
+    got = rows_argmin(a.ravel(), add)
+    b = a + add
+    b[np.isnan(a).all(axis=1)] = 0.0
+    expected = np.nanargmin(b, axis=1)
+    np.testing.assert_array_equal(got, expected)
+    assert got[4] == 0
+    assert got[3] >= 4
+
+
 def test_predict_edge_cases_and_errors() -> None:
     centers = np.array([[0.0, 0.0], [1.0, 1.0]])
     assert kmeans_predict(np.zeros((0, 2)), centers).shape == (0,)

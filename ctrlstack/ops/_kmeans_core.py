@@ -7,9 +7,13 @@ Why the E-step is shaped the way it is: a per-row loop over centres is latency-b
 2-3x to sklearn's GEMM-per-chunk kernel.  So, like sklearn, :func:`kmeans_numpy` first makes one
 centred copy of ``X`` (sklearn's ``copy_x=True``: ``X - mean`` keeps ``|c|^2 - 2 x.c`` accurate
 for data far from the origin, and costs one pass instead of one per iteration), the rows are cut
-into cache-sized tiles, NumPy's BLAS computes ``-2 C'.x'`` for all centres of a tile in one
-GEMM, and a compiled pass takes the argmin (a vectorised select across rows: the distance block
-is centre-major) and adds each row to its slot's partial sums.  :func:`predict_numpy` (one pass)
+into cache-sized tiles, NumPy's BLAS computes ``-2 x'.C'`` for all centres of a tile in one
+GEMM (rows x centres: OpenBLAS runs this orientation 1.3-1.7x faster than centres x rows for
+small ``k`` and ``d``, measured), and a compiled pass takes each row's argmin with explicit
+vector IR (:mod:`ctrlstack.ops._simd`) and then adds each row to its slot's partial sums.
+The centre-major layout it replaced needed no vector IR (a select across rows vectorises)
+but paid for the slower GEMM: the whole E-step is 1.2-1.8x faster now (1e6 x 16, k from 5
+to 128, float32 and float64, Zen 4).  :func:`predict_numpy` (one pass)
 centres each tile into a scratch block instead of copying ``X``.  Tiles
 are spread over Python threads by :func:`ctrlstack.ops._tiles.run_tiles` (BLAS is called from
 Python so SciPy is not needed; see that module).  The final inertia uses the exact
@@ -26,6 +30,7 @@ import numpy as np
 from numba import prange
 
 from ctrlstack.ops._check import as_float_array, check_positive_int
+from ctrlstack.ops._simd import WIDTH, argmin_width
 from ctrlstack.ops._tiles import run_tiles
 
 __all__ = [
@@ -82,45 +87,42 @@ def _centred_copy(X, mean, out):  # type: ignore[no-untyped-def]  # pragma: no c
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _assign_rows(X, start, dist, cnorm, best, new, labels, sums, counts, update):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Labels of rows ``start:start + nr`` from ``dist`` (k, nr) = ``-2 C'.x'``; returns changes.
+def _assign_rows(X, start, dist, cnorm, labels, sums, counts, update):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Labels of rows ``start:start + nr`` from ``dist`` (nr, kp) = ``-2 x'.C'``; returns changes.
 
-    ``dist[c, r] + |c'|^2`` ranks the centres (``|x'|^2`` is the same for all of them).  The
-    running argmin over centres is a select across rows (vectorised), not a branch per
-    (row, centre).  With ``update`` the rows are added to ``sums``/``counts`` (float64).
+    ``dist[r, c] + |c'|^2`` ranks the centres (``|x'|^2`` is the same for all of them).  ``kp``
+    is ``k`` padded to a multiple of :data:`WIDTH` (padded centres carry a huge ``cnorm``), so
+    each row's argmin is one vector step per ``WIDTH`` centres (:func:`argmin_width`).  With
+    ``update`` the rows are then added to ``sums``/``counts`` (float64) in a second loop: fused
+    into the argmin loop, every row's adds waited for its argmin and the update cost 3x more
+    (measured).
     """
-    k, nr = dist.shape
+    nr, kp = dist.shape
     d = X.shape[1]
+    flat = dist.reshape(nr * kp)
     lab = labels[start : start + nr]
-    d0 = dist[0]
-    cn0 = cnorm[0]
-    for r in range(nr):
-        best[r] = d0[r] + cn0
-        new[r] = 0
-    for c in range(1, k):
-        # unconditional stores of selects: if-converted and vectorised by LLVM (a conditional
-        # store per (row, centre) is neither, and mispredicts on real data)
-        dc = dist[c]
-        cn = cnorm[c]
-        ci = np.int32(c)
-        for r in range(nr):
-            v = dc[r] + cn
-            b = best[r]
-            lt = v < b
-            best[r] = v if lt else b
-            new[r] = ci if lt else new[r]
     changed = 0
     for r in range(nr):
-        c = new[r]
+        o = r * kp
+        c = argmin_width(flat, o, cnorm, 0)
+        if kp > WIDTH:
+            b = flat[o + c] + cnorm[c]
+            for kk in range(WIDTH, kp, WIDTH):
+                j = argmin_width(flat, o + kk, cnorm, kk)
+                v = flat[o + kk + j] + cnorm[kk + j]
+                if v < b:  # strict: ties keep the lower centre
+                    b = v
+                    c = kk + j
         changed += lab[r] != c
         lab[r] = c
     if update:
         for r in range(nr):
-            c = new[r]
+            c = lab[r]
             counts[c] += 1
-            i = start + r
+            xr = X[start + r]
+            sr = sums[c]
             for j in range(d):
-                sums[c, j] += X[i, j]
+                sr[j] += xr[j]
     return changed
 
 
@@ -221,9 +223,16 @@ def estep(
     """
     n, d = X.shape
     k = centers.shape[0]
+    kp = -(-k // WIDTH) * WIDTH
     c2, cnorm = prepared_centers(centers, np.zeros(d) if mean is None else mean)
+    # (d, kp) right-hand side and its norms, padded with centres that never win: zero weights
+    # and the largest finite norm (finite: the kernels are compiled with fast-math).
+    c2t = np.zeros((d, kp), dtype=X.dtype)
+    c2t[:, :k] = c2.T
+    cnp = np.full(kp, np.finfo(X.dtype).max, dtype=X.dtype)
+    cnp[:k] = cnorm
     mean_x = None if mean is None else mean.astype(X.dtype)
-    rows = _tile_rows(d, k, X.dtype.itemsize)
+    rows = _tile_rows(d, kp, X.dtype.itemsize)
     n_tiles = -(-n // rows)
     slots = max(1, min(threads, n_tiles))
     sums = np.zeros((slots, k, d))
@@ -236,12 +245,10 @@ def estep(
         if bufs is None:  # allocated (first touched) by the thread that uses it
             bufs = (
                 np.empty((rows if mean_x is not None else 0, d), dtype=X.dtype),
-                np.empty((k, rows), dtype=X.dtype),
-                np.empty(rows, dtype=X.dtype),
-                np.empty(rows, dtype=np.int32),
+                np.empty((rows, kp), dtype=X.dtype),
             )
             scratch[slot] = bufs
-        xc, dist, best, new = bufs
+        xc, dist = bufs
         start = tile * rows
         nr = min(rows, n - start)
         if mean_x is None:
@@ -249,11 +256,9 @@ def estep(
         else:
             xt = xc[:nr]
             _centre_rows(X, start, mean_x, xt)
-        dt = dist[:, :nr] if nr == rows else np.empty((k, nr), dtype=X.dtype)
-        np.matmul(c2, xt.T, out=dt)
-        changed[slot] += _assign_rows(
-            X, start, dt, cnorm, best, new, labels, sums[slot], counts[slot], update
-        )
+        dt = dist[:nr]
+        np.matmul(xt, c2t, out=dt)
+        changed[slot] += _assign_rows(X, start, dt, cnp, labels, sums[slot], counts[slot], update)
 
     run_tiles(n_tiles, slots, body)
     return sums.sum(axis=0), counts.sum(axis=0), sum(changed)

@@ -1,0 +1,80 @@
+"""Explicit short-vector helpers for Numba kernels, written as target-independent LLVM IR.
+
+Why this exists: some reductions that matter have no loop form LLVM's vectoriser accepts.  An
+argmin over a row of 16 values is one: the scalar loop (compare, two selects per value) is a
+dependency chain LLVM leaves scalar, 16 steps per row.  As vector IR it is a load, an add, one
+``llvm.vector.reduce.fmin``, one compare and a count of trailing zeros, which LLVM lowers for
+whatever the host has (one AVX-512 register, two AVX2 registers, four SSE ones): nothing here
+names an x86 instruction, so the same code compiles on any CPU Numba supports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+__all__ = ["WIDTH", "argmin_width"]
+
+#: Values per vector step of :func:`argmin_width`; callers pad their rows to a multiple of it.
+WIDTH = 16
+
+
+@intrinsic
+def argmin_width(
+    typingctx: Any, row: Any, off: Any, add: Any, add_off: Any
+) -> Any:  # pragma: no cover - compiled
+    """Index in ``0..WIDTH-1`` of the smallest ``row[off + i] + add[add_off + i]``.
+
+    Ties go to the lowest index (the first set bit of the equality mask), like a scalar loop
+    with a strict ``<``.  NaN values are skipped (``reduce.fmin``); if all ``WIDTH`` sums are
+    NaN the answer is 0.  Both arrays must be 1-D, contiguous, of the same float dtype, and
+    hold ``WIDTH`` values from the given offsets (not checked: callers pad).
+    """
+    if not (
+        isinstance(row, types.Array)
+        and isinstance(add, types.Array)
+        and row.ndim == 1
+        and add.ndim == 1
+        and row.dtype == add.dtype
+        and row.dtype in (types.float32, types.float64)
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        rowty, _, addty, _ = sig.args
+        fty = context.get_value_type(rowty.dtype)
+        vty = ir.VectorType(fty, WIDTH)
+        align = context.get_abi_sizeof(fty)
+        a = context.make_array(rowty)(context, builder, args[0])
+        b = context.make_array(addty)(context, builder, args[2])
+        pa = cgutils.get_item_pointer(context, builder, rowty, a, [args[1]], wraparound=False)
+        pb = cgutils.get_item_pointer(context, builder, addty, b, [args[3]], wraparound=False)
+        va = builder.load(builder.bitcast(pa, vty.as_pointer()), align=align)
+        vb = builder.load(builder.bitcast(pb, vty.as_pointer()), align=align)
+        s = builder.fadd(va, vb)
+        suffix = "f32" if rowty.dtype == types.float32 else "f64"
+        reduce_min = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(fty, [vty]), f"llvm.vector.reduce.fmin.v{WIDTH}{suffix}"
+        )
+        m = builder.call(reduce_min, [s])
+        undef = ir.Constant(vty, ir.Undefined)
+        first = builder.insert_element(undef, m, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(
+            first, undef, ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH)
+        )
+        mask = builder.bitcast(builder.fcmp_ordered("==", s, splat), ir.IntType(WIDTH))
+        cttz = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.IntType(WIDTH), [ir.IntType(WIDTH), ir.IntType(1)]),
+            f"llvm.cttz.i{WIDTH}",
+        )
+        tz = builder.call(cttz, [mask, ir.Constant(ir.IntType(1), 0)])
+        # no lane equals the minimum only if all are NaN: answer 0, never an index past the row
+        none = builder.icmp_unsigned("==", mask, ir.Constant(ir.IntType(WIDTH), 0))
+        tz = builder.select(none, ir.Constant(ir.IntType(WIDTH), 0), tz)
+        return builder.zext(tz, ir.IntType(64))
+
+    return types.int64(row, off, add, add_off), codegen
