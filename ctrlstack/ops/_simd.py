@@ -23,7 +23,7 @@ WIDTH = 16
 
 
 @intrinsic
-def argmin_width(
+def _argmin_width(
     typingctx: Any, row: Any, off: Any, add: Any, add_off: Any
 ) -> Any:  # pragma: no cover - compiled
     """Index in ``0..WIDTH-1`` of the smallest ``row[off + i] + add[add_off + i]``.
@@ -78,3 +78,8 @@ def argmin_width(
         return builder.zext(tz, ir.IntType(64))
 
     return types.int64(row, off, add, add_off), codegen
+
+
+#: ``argmin_width(row, off, add, add_off)`` inside ``@njit`` code (typed ``Any``: mypy would
+#: otherwise read the intrinsic's typing signature, which has the typing context first).
+argmin_width: Any = _argmin_width
