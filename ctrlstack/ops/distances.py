@@ -459,7 +459,7 @@ def _knn_operands(
 
 
 def _tiled_transpose(Y: np.ndarray) -> np.ndarray:
-    """``Y.T`` cut into column tiles (n_tiles, d, tile), zero-padded, each about 512 KiB."""
+    """``Y.T`` cut into column tiles (n_tiles, d, tile), zero-padded, each about ``_TILE_BYTES``."""
     n, d = Y.shape
     tile = int(min(4096, max(256, _TILE_BYTES // max(1, d * Y.itemsize))))
     tile = min(tile, max(n, 1))
