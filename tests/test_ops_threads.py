@@ -163,3 +163,22 @@ def test_kernels_inside_a_multithreaded_distributed_worker() -> None:
         ref = kmeans(X, 4, init=X[:4], tol=0.0)
         np.testing.assert_allclose(res.centers, ref.centers, atol=1e-10)
         np.testing.assert_array_equal(client.compute(res.labels, sync=True), ref.labels)
+
+
+def test_work_splits_are_exact_and_cover_every_value() -> None:
+    """Task boundaries: integer floor(i * n / parts), contiguous, covering [0, n) exactly."""
+    from ctrlstack.ops._check import row_segments, split
+
+    for n, parts in ((10, 3), (7, 7), (5, 9), (0, 4), (2**62 + 1, 3)):
+        b = split(n, parts)
+        assert b[0] == 0
+        assert b[-1] == n
+        assert (np.diff(b) >= 0).all()
+        if n < 2**53:
+            np.testing.assert_array_equal(b, np.linspace(0, n, b.size).astype(np.int64))
+    rows, starts, stops, bounds = row_segments(1, 1_000_000, 3, 1 << 16)
+    assert starts[0] == 0
+    assert stops[-1] == 1_000_000
+    np.testing.assert_array_equal(starts[1:], stops[:-1])
+    assert bounds[0] == 0
+    assert bounds[-1] == rows.shape[0] == 3
