@@ -142,10 +142,16 @@ def row_segments(
     segs = 1
     if 0 < nrows < threads:
         segs = max(1, min(-(-threads // nrows), n // min_segment))
-    cuts = _cuts(n, segs)
-    rows = np.repeat(np.arange(nrows, dtype=np.int64), segs)
-    starts = np.tile(cuts[:-1], nrows)
-    stops = np.tile(cuts[1:], nrows)
+    # Built without repeat/tile: on small inputs this planning was a visible share of a call.
+    if segs == 1:
+        rows = np.arange(nrows, dtype=np.int64)
+        starts = np.zeros(nrows, dtype=np.int64)
+        stops = np.full(nrows, n, dtype=np.int64)
+    else:  # nrows < threads here: a handful of tasks
+        cuts = [i * n // segs for i in range(segs + 1)]
+        rows = np.array([r for r in range(nrows) for _ in range(segs)], dtype=np.int64)
+        starts = np.array(cuts[:-1] * nrows, dtype=np.int64)
+        stops = np.array(cuts[1:] * nrows, dtype=np.int64)
     workers = max(1, min(threads, rows.shape[0]))
     bounds = _cuts(int(rows.shape[0]), workers)
     return rows, starts, stops, bounds

@@ -48,6 +48,9 @@ def kernel_threads(threads: int | None = None) -> Iterator[int]:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     n = min(wanted, numba_config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
+    if n == previous:  # the common case; set_num_threads costs microseconds per call
+        yield n
+        return
     numba.set_num_threads(n)
     try:
         yield n

@@ -49,6 +49,8 @@ depth on the leading side only.  xarray: ``dim=`` via ``apply_ufunc(dask="allowe
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import numba
@@ -767,6 +769,28 @@ def _stream_guard(w: int, chunk: int) -> float:
     return guard if guard >= _MIN_GUARD else 0.0
 
 
+@functools.lru_cache(maxsize=64)
+def _tables(
+    op: int, w: int, min_count: int, ddof: int
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Per-count factor tables and the streaming parameters, cached per call shape.
+
+    ``inv[n]`` multiplies a sum of ``n`` values: ``1/n`` for means and var, 1 for sums (exact),
+    NaN below ``min_count`` for sum/mean, so their loops need no division and no select.
+    ``invd[n] = 1/(n - ddof)`` (NaN where ``n <= ddof``).  Cached (kernels only read them):
+    building them was a third of a small call's fixed cost.
+    """
+    inv = np.empty(w + 1, dtype=np.float64)
+    inv[0] = np.nan
+    inv[1:] = 1.0 / np.arange(1, w + 1, dtype=np.float64) if op != _SUM else 1.0
+    if op in (_SUM, _MEAN):
+        inv[:min_count] = np.nan
+    denom = np.arange(w + 1, dtype=np.float64) - ddof
+    invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
+    chunk = _stream_chunk_len(w)
+    return inv, invd, _stream_guard(w, chunk), chunk
+
+
 def _check_min_count(min_count: Any, window: int) -> int:
     if min_count is None:
         return window
@@ -782,7 +806,7 @@ def _check_ddof(ddof: Any) -> int:
 
 def _as_2d_out(out: np.ndarray, ax: int, nrows: int, n: int) -> np.ndarray | None:
     """A (nrows, n) view of ``out`` with ``ax`` moved last, or None if that needs a copy."""
-    view = np.moveaxis(out, ax, -1).view()
+    view = (out if ax == out.ndim - 1 else np.moveaxis(out, ax, -1)).view()
     try:
         view.shape = (nrows, n)
     except AttributeError:
@@ -805,9 +829,9 @@ def _run_numpy(
         out = np.empty(arr.shape, dtype=dtype)
     else:
         check_out(out, arr.shape, dtype)
-    moved = np.moveaxis(arr, ax, -1)
+    moved = arr if ax == arr.ndim - 1 else np.moveaxis(arr, ax, -1)
     n = moved.shape[-1]
-    nrows = int(np.prod(moved.shape[:-1], dtype=np.int64))
+    nrows = math.prod(moved.shape[:-1])
     if nrows == 0 or n == 0:
         return out
     # Kernels see C-contiguous rows only: strided reads would be slow anyway, and one layout
@@ -827,18 +851,7 @@ def _run_numpy(
             run(a2, o2, w, min_count, op == _MAX, rows, starts, stops, tb, sf, si)
         else:
             sf3 = np.empty((workers, 2, 2, w + 1), dtype=np.float64)
-            # scale[n] multiplies a sum of n values: 1/n for means, 1 for sums (exact), NaN
-            # below min_count, so the sum and mean loops share one body with no division and
-            # no min_count select.
-            inv = np.empty(w + 1, dtype=np.float64)
-            inv[0] = np.nan
-            inv[1:] = 1.0 / np.arange(1, w + 1, dtype=np.float64) if op != _SUM else 1.0
-            if op in (_SUM, _MEAN):
-                inv[:min_count] = np.nan  # the sum loops then need no min_count select
-            denom = np.arange(w + 1, dtype=np.float64) - ddof
-            invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
-            chunk = _stream_chunk_len(w)
-            guard = _stream_guard(w, chunk)
+            inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
             drive = _moments if workers > 1 else _moments_serial
             drive(
                 a2,
