@@ -255,6 +255,86 @@ def test_groups_with_different_offsets_keep_their_own_shift() -> None:
     np.testing.assert_allclose(group_var(v, labels, 3)[:2], exact[:2], rtol=1e-9)
 
 
+def _exact_var(v: np.ndarray, labels: np.ndarray, ng: int, ddof: int = 1) -> np.ndarray:
+    ok = ~np.isnan(v)
+    return np.array([v[(labels == g) & ok].var(ddof=ddof) for g in range(ng)])
+
+
+def test_var_takes_own_shifts_when_the_probe_fails_the_guard() -> None:
+    """Separated groups fail the guard inside the probe: the task restarts with own shifts."""
+    from ctrlstack.ops.grouped import _var_task
+
+    ng = 4
+    labels = RNG.integers(0, ng, 5_000)
+    v = RNG.normal(size=labels.size) + 1e6 * labels  # group means 1e6 standard deviations apart
+    v[::97] = np.nan
+    lanes = [np.zeros((2, ng)) for _ in range(3)]
+    cnt = np.zeros((2, ng), dtype=np.int64)
+    keep = np.ones(ng, dtype=np.bool_)
+    bad, own = _var_task(v, labels, ng, keep, False, cnt, *lanes)
+    assert not bad
+    assert own
+    overlapping = RNG.normal(size=labels.size) + 1e8  # one large offset: the common shift holds
+    bad, own = _var_task(overlapping, labels, ng, keep, False, cnt, *lanes)
+    assert not bad
+    assert not own
+    for threads in (1, 2):
+        np.testing.assert_allclose(
+            group_var(v, labels, ng, threads=threads), _exact_var(v, labels, ng), rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            group_var(overlapping, labels, ng, threads=threads),
+            _exact_var(overlapping, labels, ng),
+            rtol=1e-9,
+        )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_var_redoes_groups_that_fail_the_guard_after_the_probe(threads: int) -> None:
+    """A group first seen after the probe, far from the common shift, is computed again.
+
+    The first pass must report exactly that group (``_var_moments``'s ``failed``), and the
+    result must be as accurate as a per-group ``np.var``.
+    """
+    from ctrlstack.ops.grouped import _VAR_PROBE, _plan, _var_moments
+
+    n = 6 * _VAR_PROBE
+    labels = RNG.integers(0, 2, n)
+    late = np.arange(n) >= 4 * _VAR_PROBE  # past the probe of either thread's segment
+    labels[late & (RNG.random(n) < 0.5)] = 2
+    v = RNG.normal(size=n) + np.where(labels == 2, 1e9, 0.0)
+    a2 = v.reshape(1, -1)
+    plan = _plan(1, n, threads)
+    _, failed = _var_moments(a2, labels, 3, plan, np.ones((1, 3), dtype=np.bool_), False)
+    np.testing.assert_array_equal(failed, [[False, False, True]])
+    got = group_var(v, labels, 3, threads=threads)
+    np.testing.assert_allclose(got, _exact_var(v, labels, 3), rtol=1e-9)
+
+
+def test_var_of_constant_groups_is_zero_at_any_offset() -> None:
+    """Constant groups away from the common shift fail the guard (M2 cancels to ~0): exactly 0."""
+    labels = np.tile(np.arange(3), 20_000)
+    v = np.array([0.1, 3e8 + 0.7, -123.456])[labels]
+    for threads in (1, 2):
+        np.testing.assert_array_equal(group_var(v, labels, 3, threads=threads), [0.0, 0.0, 0.0])
+        np.testing.assert_array_equal(group_var(v, labels, 3, ddof=0, threads=threads), 0.0)
+
+
+def test_var_float32_and_rows_with_large_offsets() -> None:
+    """2-D input: each row's tasks pick their own common shift; float32 values too."""
+    labels = RNG.integers(0, 5, 40_000)
+    offsets = np.array([[0.0], [1e7], [-5e9]])
+    v = RNG.normal(size=(3, labels.size)) + offsets
+    exact = np.stack([_exact_var(row, labels, 5) for row in v])
+    for threads in (1, 2):
+        np.testing.assert_allclose(group_var(v, labels, 5, threads=threads), exact, rtol=1e-9)
+    v32 = (RNG.normal(size=labels.size) + 1e3).astype(np.float32)
+    ref = _exact_var(v32.astype(np.float64), labels, 5)
+    got = group_var(v32, labels, 5)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
 def test_value_errors() -> None:
     with pytest.raises(TypeError, match="values must hold"):
         group_sum(np.array(["a"]), np.array([0]))
