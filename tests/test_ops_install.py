@@ -98,8 +98,9 @@ import ctrlstack.ops as ops
 from ctrlstack.ops import _kmeans_core, moving
 
 x = np.random.default_rng(0).random((2, 300))
-ops.moving_mean(x[0], 5)
-ops.moving_mean(x, 5)
+ops.moving_mean(x[0], 5)  # the one-task path
+ops.moving_mean(x, 5)  # the parallel driver
+ops.moving_mean(x, 5, threads=1)  # the serial driver
 ops.kmeans_predict(x.T, x.T[:3])
 ops.kmeans_predict(x.T.astype(np.float32).copy(), x.T[:3])
 hits = misses = 0

@@ -272,6 +272,36 @@ def test_parallel_segments_equal_serial(name: str) -> None:
     assert_same(parallel, serial, 1e-12, 1e-12)
 
 
+@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize("n", [5, 20_000])
+def test_one_row_fast_path_equals_the_driver(name: str, n: int) -> None:
+    """A short 1-D row takes ``_one_task``; rows of a 2-D array take the drivers: same values.
+
+    The same task functions run on the same values, so the results must be bitwise equal.
+    """
+    from ctrlstack.ops import moving
+
+    a = with_nans((n,), frac=0.01)
+    calls: list[str] = []
+    real = moving._one_task
+
+    def spy(*args: object) -> None:
+        calls.append("one")
+        real(*args)
+
+    moving._one_task = spy  # type: ignore[assignment]
+    try:
+        one = KERNELS[name](a, 100, min_count=3, threads=2)
+    finally:
+        moving._one_task = real  # type: ignore[assignment]
+    assert calls == ["one"]
+    rows = KERNELS[name](np.stack([a, a]), 100, min_count=3, threads=2)
+    np.testing.assert_array_equal(one, rows[0])
+    np.testing.assert_array_equal(one, rows[1])
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        KERNELS[name](a, 100, threads=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [

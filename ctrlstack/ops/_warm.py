@@ -119,8 +119,10 @@ def _moving(name: str) -> Callable[[], None]:
 
         fn = getattr(moving, name)
         for dt in _DTYPES:
-            for a in _series(dt):
-                fn(a, 5)
+            one, rows = _series(dt)
+            fn(one, 5)  # a short row: the one-task path
+            fn(rows, 5)  # the parallel driver (several workers) ...
+            fn(rows, 5, threads=1)  # ... and the serial one
 
     return run
 

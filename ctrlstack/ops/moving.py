@@ -734,6 +734,31 @@ def _extremes_serial(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf
     _extremes_worker(0, a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf, si)
 
 
+@numba.njit(cache=True, nogil=True)
+def _one_task(x, o, w, min_count, ddof, op, inv, invd, guard, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The whole of one row as one task, scratch allocated here: the small-input path.
+
+    For a row too short to split, :func:`_run_numpy`'s plan, thread switch, four scratch
+    allocations and an 18-argument dispatch were about 20 us of Python per call, as much as
+    the kernel itself on 20 000 values (and more once the call's data had pushed the
+    interpreter out of L2).  Same task functions, same results.
+    """
+    n = x.shape[0]
+    si = np.empty((2, w + 1), dtype=np.int64)
+    if op >= _MIN:
+        sf = np.empty((2, w + 1), dtype=np.float64)
+        _extreme_task(x, o, 0, n, w, min_count, op == _MAX, sf, si)
+    elif op <= _MEAN:
+        _sum_task(x, o, 0, n, w, min_count, inv)
+    else:
+        sf3 = np.empty((2, 2, w + 1), dtype=np.float64)
+        tf = np.empty((2, _SUB), dtype=np.float64)
+        ti = np.empty(_SUB, dtype=np.int64)
+        _var_task(
+            x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, chunk, tf, ti
+        )
+
+
 # --------------------------------------------------------------------------- planning (pure)
 
 
@@ -743,7 +768,12 @@ def _plan(nrows: int, n: int, w: int, threads: int) -> tuple[np.ndarray, ...]:
     Segments are at least ``max(_MIN_SEGMENT, 4*w)`` values long, because each one re-reads the
     ``w - 1`` values before it to fill its first window.
     """
-    return row_segments(nrows, n, threads, max(_MIN_SEGMENT, 4 * w))
+    return row_segments(nrows, n, threads, _segment(w))
+
+
+def _segment(w: int) -> int:
+    """Shortest segment worth a task of its own: each re-reads the ``w - 1`` values before it."""
+    return max(_MIN_SEGMENT, 4 * w)
 
 
 #: Relative error (of a window's M2) that the streaming var/std path must provably stay below.
@@ -841,6 +871,12 @@ def _run_numpy(
     tmp = view is None or not view.flags.c_contiguous
     o2 = np.empty((nrows, n), dtype=dtype) if view is None or tmp else view
     w = min(w_user, n)  # a window longer than the row behaves like one of the row's length
+    if nrows == 1 and n < 2 * _segment(w) and not tmp:  # one task whatever the thread count
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads!r}")
+        inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
+        _one_task(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, chunk)
+        return out
     with kernel_threads(threads) as nthreads:
         rows, starts, stops, tb = _plan(nrows, n, w, nthreads)
         workers = tb.shape[0] - 1
