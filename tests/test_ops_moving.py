@@ -274,8 +274,10 @@ def test_parallel_segments_equal_serial(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(KERNELS))
 @pytest.mark.parametrize("n", [5, 20_000])
-def test_one_row_fast_path_equals_the_driver(name: str, n: int) -> None:
-    """A short 1-D row takes ``_one_task``; rows of a 2-D array take the drivers: same values.
+def test_one_row_fast_path_equals_the_driver(
+    name: str, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short 1-D row takes ``_one_moments`` / ``_one_extreme``, a 2-D array the drivers.
 
     The same task functions run on the same values, so the results must be bitwise equal.
     """
@@ -283,17 +285,15 @@ def test_one_row_fast_path_equals_the_driver(name: str, n: int) -> None:
 
     a = with_nans((n,), frac=0.01)
     calls: list[str] = []
-    real = moving._one_task
+    entry = "_one_extreme" if name in ("min", "max") else "_one_moments"
+    real = getattr(moving, entry)
 
     def spy(*args: object) -> None:
         calls.append("one")
         real(*args)
 
-    moving._one_task = spy  # type: ignore[assignment]
-    try:
-        one = KERNELS[name](a, 100, min_count=3, threads=2)
-    finally:
-        moving._one_task = real  # type: ignore[assignment]
+    monkeypatch.setattr(moving, entry, spy)
+    one = KERNELS[name](a, 100, min_count=3, threads=2)
     assert calls == ["one"]
     rows = KERNELS[name](np.stack([a, a]), 100, min_count=3, threads=2)
     np.testing.assert_array_equal(one, rows[0])

@@ -735,28 +735,32 @@ def _extremes_serial(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf
 
 
 @numba.njit(cache=True, nogil=True)
-def _one_task(x, o, w, min_count, ddof, op, inv, invd, guard, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """The whole of one row as one task, scratch allocated here: the small-input path.
+def _one_moments(x, o, w, min_count, ddof, op, inv, invd, guard, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """sum/mean/var/std of one whole row as one task, scratch allocated here (small inputs).
 
     For a row too short to split, :func:`_run_numpy`'s plan, thread switch, four scratch
     allocations and an 18-argument dispatch were about 20 us of Python per call, as much as
     the kernel itself on 20 000 values (and more once the call's data had pushed the
-    interpreter out of L2).  Same task functions, same results.
+    interpreter out of L2).  Same task functions, same results.  min/max have their own
+    entry (:func:`_one_extreme`) so that neither compiles the other's task.
     """
     n = x.shape[0]
-    si = np.empty((2, w + 1), dtype=np.int64)
-    if op >= _MIN:
-        sf = np.empty((2, w + 1), dtype=np.float64)
-        _extreme_task(x, o, 0, n, w, min_count, op == _MAX, sf, si)
-    elif op <= _MEAN:
+    if op <= _MEAN:
         _sum_task(x, o, 0, n, w, min_count, inv)
-    else:
-        sf3 = np.empty((2, 2, w + 1), dtype=np.float64)
-        tf = np.empty((2, _SUB), dtype=np.float64)
-        ti = np.empty(_SUB, dtype=np.int64)
-        _var_task(
-            x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, chunk, tf, ti
-        )
+        return
+    si = np.empty((2, w + 1), dtype=np.int64)
+    sf3 = np.empty((2, 2, w + 1), dtype=np.float64)
+    tf = np.empty((2, _SUB), dtype=np.float64)
+    ti = np.empty(_SUB, dtype=np.int64)
+    _var_task(x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, chunk, tf, ti)
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_extreme(x, o, w, min_count, is_max):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """min/max of one whole row as one task (see :func:`_one_moments`)."""
+    si = np.empty((2, w + 1), dtype=np.int64)
+    sf = np.empty((2, w + 1), dtype=np.float64)
+    _extreme_task(x, o, 0, x.shape[0], w, min_count, is_max, sf, si)
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -874,8 +878,11 @@ def _run_numpy(
     if nrows == 1 and n < 2 * _segment(w) and not tmp:  # one task whatever the thread count
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
-        inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
-        _one_task(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, chunk)
+        if op in (_MIN, _MAX):
+            _one_extreme(a2[0], o2[0], w, min_count, op == _MAX)
+        else:
+            inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
+            _one_moments(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, chunk)
         return out
     with kernel_threads(threads) as nthreads:
         rows, starts, stops, tb = _plan(nrows, n, w, nthreads)
