@@ -70,9 +70,11 @@ def page(lab: LabServer, console: list[str]) -> Iterator[Page]:
         # does not), so the filters below can tell a known poll from a fault.
         pg.on(
             "console",
-            lambda m: console.append(f"{m.type}: {m.text} [{m.location.get('url', '')}]")
-            if m.type == "error"
-            else None,
+            lambda m: (
+                console.append(f"{m.type}: {m.text} [{m.location.get('url', '')}]")
+                if m.type == "error"
+                else None
+            ),
         )
         pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         pg.goto(f"{lab.base}lab/tree/demo.ipynb?token={lab.token}")
