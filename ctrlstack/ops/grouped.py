@@ -97,7 +97,8 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
     """One-lane body of :func:`_sum_task` (scattered labels); True if a label was invalid.
 
     Two loops, like the two-lane body, rather than one with ``if count`` inside: that single
-    loop measured 1.5-3 % slower with counts (Zen 4, 1e7 values, three runs), the same without.
+    loop measured 1.5-3 % slower with counts (Zen 4, 1e7 values, three runs), the same without;
+    the loop without counts has since taken a shape of its own (below).
     """
     bad = False
     if count:
@@ -111,14 +112,29 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
                 s0[g] += v
                 c0[g] += 1
     else:
-        for j in range(xs.shape[0]):
-            g = numba.uint64(ls[j])
-            if g >= ung:
+        # Sums only: two values per step, one label test for both (their max), and NaN
+        # replaced by 0.0 instead of a branch.  Fewer instructions per value: 7.7 against
+        # 8.8 ms for the one-value loop (numbagg 9.3; Zen 3, 1e7 values, 1000 groups, best
+        # of 15 interleaved).  With counts the select loses (12.2 vs 10.1 ms): kept branchy.
+        m = xs.shape[0] // 2
+        for j in range(m):
+            g = numba.uint64(ls[2 * j])
+            h = numba.uint64(ls[2 * j + 1])
+            if max(g, h) >= ung:
                 bad = True
                 continue
-            v = xs[j]
-            if not np.isnan(v):
-                s0[g] += v
+            v = xs[2 * j]
+            u = xs[2 * j + 1]
+            s0[g] += v if v == v else 0.0  # noqa: PLR0124 - NaN test
+            s0[h] += u if u == u else 0.0  # noqa: PLR0124 - NaN test
+        if xs.shape[0] > 2 * m:  # odd length: the last value
+            g = numba.uint64(ls[2 * m])
+            if g >= ung:
+                bad = True
+            else:
+                v = xs[2 * m]
+                if not np.isnan(v):
+                    s0[g] += v
     return bad
 
 
