@@ -311,6 +311,27 @@ def test_var_redoes_groups_that_fail_the_guard_after_the_probe(threads: int) -> 
     np.testing.assert_allclose(got, _exact_var(v, labels, 3), rtol=1e-9)
 
 
+def test_var_joins_a_workers_adjacent_segments_of_one_row() -> None:
+    """Three workers over two rows: one worker holds both segments of row 1, as one range."""
+    from ctrlstack.ops._check import row_segments
+    from ctrlstack.ops.grouped import _MIN_SEGMENT, _var_moments
+
+    n = 3 * _MIN_SEGMENT
+    rows, starts, stops, tb = plan = row_segments(2, n, 3, _MIN_SEGMENT)
+    worker2 = range(tb[2], tb[3])
+    assert [int(rows[k]) for k in worker2] == [1, 1]  # the case under test
+    assert stops[worker2[0]] == starts[worker2[1]]
+    labels = RNG.integers(0, 4, n)
+    v = RNG.normal(size=(2, n)) + np.array([[5e8], [-3e3]])
+    v[0, ::7] = np.nan
+    parts, failed = _var_moments(v, labels, 4, plan, np.ones((1, 4), dtype=np.bool_), False)
+    assert not failed.any()
+    exact = np.stack([_exact_var(row, labels, 4, ddof=0) for row in v])
+    counts = np.stack([np.bincount(labels[~np.isnan(row)], minlength=4) for row in v])
+    np.testing.assert_array_equal(parts["n"], counts)
+    np.testing.assert_allclose(parts["m2"] / counts, exact, rtol=1e-9)
+
+
 def test_var_of_constant_groups_is_zero_at_any_offset() -> None:
     """Constant groups away from the common shift fail the guard (M2 cancels to ~0): exactly 0."""
     labels = np.tile(np.arange(3), 20_000)
