@@ -115,7 +115,7 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
         # Sums only: two values per step, one label test for both (their max), and NaN
         # replaced by 0.0 instead of a branch.  Fewer instructions per value: 7.7 against
         # 8.8 ms for the one-value loop (numbagg 9.3; Zen 3, 1e7 values, 1000 groups, best
-        # of 15 interleaved).  With counts the select loses (12.2 vs 10.1 ms): kept branchy.
+        # of 15 interleaved).  With counts the select loses (11.2 vs 10.1 ms): kept branchy.
         m = xs.shape[0] // 2
         for j in range(m):
             g = numba.uint64(ls[2 * j])
