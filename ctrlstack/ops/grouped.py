@@ -237,6 +237,24 @@ def _first_value(xs):  # type: ignore[no-untyped-def]  # pragma: no cover
     return 0.0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _common_add(cnt, s1, s2, g, d):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Add ``d = x - c`` to group ``g``'s count, sum and sum of squares (one lane)."""
+    cnt[g] += 1
+    s1[g] += d
+    s2[g] += d * d
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _guard_ok(n, a, q):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The guard for ``n`` values with shifted sums ``a``, ``q``: at most ``_VAR_GUARD_BITS`` lost.
+
+    ``q <= 2**b * M2`` with ``M2 = q - a**2 / n``; NaN (an inf among the values) fails it.
+    Groups with fewer than two values pass (their ``M2`` is 0 by definition).
+    """
+    return n < 2 or q <= _VAR_GUARD * (q - a * a / n)
+
+
 @numba.njit(cache=True, nogil=True)
 def _var_common(xs, ls, ung, c, cnt, s1, s2, two):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Counts and sums of ``d = x - c`` and ``d**2`` into lanes ``[0]`` (and ``[1]`` if ``two``)."""
@@ -252,10 +270,7 @@ def _var_common(xs, ls, ung, c, cnt, s1, s2, two):  # type: ignore[no-untyped-de
                 continue
             v = xs[j]
             if not np.isnan(v):
-                d = v - c
-                c0[g] += 1
-                a0[g] += d
-                q0[g] += d * d
+                _common_add(c0, a0, q0, g, v - c)
         return bad
     m = xs.shape[0] // 2
     for j in range(m):
@@ -267,15 +282,9 @@ def _var_common(xs, ls, ung, c, cnt, s1, s2, two):  # type: ignore[no-untyped-de
         v = xs[2 * j]
         u = xs[2 * j + 1]
         if not np.isnan(v):
-            d = v - c
-            c0[g] += 1
-            a0[g] += d
-            q0[g] += d * d
+            _common_add(c0, a0, q0, g, v - c)
         if not np.isnan(u):
-            e = u - c
-            c1[h] += 1
-            a1[h] += e
-            q1[h] += e * e
+            _common_add(c1, a1, q1, h, u - c)
     if xs.shape[0] > 2 * m:  # odd length: the last value goes to lane 0
         g = numba.uint64(ls[2 * m])
         if g >= ung:
@@ -283,10 +292,7 @@ def _var_common(xs, ls, ung, c, cnt, s1, s2, two):  # type: ignore[no-untyped-de
         else:
             v = xs[2 * m]
             if not np.isnan(v):
-                d = v - c
-                c0[g] += 1
-                a0[g] += d
-                q0[g] += d * d
+                _common_add(c0, a0, q0, g, v - c)
     return bad
 
 
@@ -294,12 +300,7 @@ def _var_common(xs, ls, ung, c, cnt, s1, s2, two):  # type: ignore[no-untyped-de
 def _guard_holds(cnt, s1, s2):  # type: ignore[no-untyped-def]  # pragma: no cover
     """True if every group's common-shift sums (both lanes) lost at most ``_VAR_GUARD_BITS`` bits."""
     for g in range(cnt.shape[1]):
-        n = cnt[0, g] + cnt[1, g]
-        if n < 2:
-            continue
-        a = s1[0, g] + s1[1, g]
-        q = s2[0, g] + s2[1, g]
-        if not (q <= _VAR_GUARD * (q - a * a / n)):  # NaN (an inf among the values) fails too
+        if not _guard_ok(cnt[0, g] + cnt[1, g], s1[0, g] + s1[1, g], s2[0, g] + s2[1, g]):
             return False
     return True
 
@@ -543,12 +544,11 @@ def _merge_shifted(cnt, sh, s1, s2, used_own, failed):  # type: ignore[no-untype
                     c = cnt[t, r, lane, g]
                     if c == 0:
                         continue
-                    mu = s1[t, r, lane, g] / c
+                    a = s1[t, r, lane, g]
                     q = s2[t, r, lane, g]
-                    m = q - s1[t, r, lane, g] * mu
-                    mean[t, r, lane, g] = mu
-                    m2[t, r, lane, g] = m
-                    if c >= 2 and not used_own[t, r] and not (q <= _VAR_GUARD * m):
+                    mean[t, r, lane, g] = a / c
+                    m2[t, r, lane, g] = q - a * a / c
+                    if not used_own[t, r] and not _guard_ok(c, a, q):
                         failed[r, g] = True
     return _merge_moments(cnt, sh, mean, m2)
 
