@@ -396,7 +396,7 @@ _SUB = 512
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Streaming (add/remove) shifted moments for ``o[c0:c1]``; False if it cannot be trusted.
 
     The sums restart exactly at ``c0`` (no drift carried between chunks) with the shift ``k``
@@ -416,10 +416,14 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si
     sub-block of ``_SUB`` values takes three passes over L1-resident scratch rows ``sf``
     (2, _SUB) and ``si`` (_SUB,): (A) the entering-minus-leaving deltas, elementwise and
     vectorised; (B) the running sums, the only loop-carried part (three independent add
-    chains, no other work); (C) variance, guard, square root and NaN select, elementwise and
-    vectorised with one division per value (``(n S2 - S1**2) / (n (n - ddof))``; table
-    lookups ``inv[n]`` would need gathers and kept the loop scalar).  The running sums see
-    exactly the additions of the fused loop, so the error bound is unchanged.
+    chains; it is bound by their 3-cycle add latency, so it also looks up the per-count
+    factors ``st[0][n] = 1/sqrt(n)`` and ``st[1][n] = 1/(n - ddof)`` (NaN below the count
+    limit) and stores ``S1/sqrt(n)``, ``S2`` and the factor at no extra cost); (C) variance
+    ``(S2 - (S1/sqrt(n))**2) / (n - ddof)``, guard and square root, elementwise and
+    vectorised with no division and no select (a division per value bounded this pass
+    before; lookups here would need gathers).  The running sums see exactly the additions
+    of the fused loop, so the error bound is unchanged (the factors add a few ``eps * S2``
+    once per window, not per step).
     """
     nan = np.nan
     k = _first_finite(x, c0 - w, c1, 0.0)
@@ -452,7 +456,8 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si
         o[i] = np.sqrt(var) if want_std else var
         if n < lim:
             o[i] = nan
-    fd = np.float64(ddof)
+    rsq = st[0]
+    fac = st[1]
     p = max(c0, head)
     while p < c1:
         q = min(c1, p + _SUB)
@@ -472,28 +477,26 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si
             a1[i] = d - e
             a2[i] = d * d - e * e
             an[i] = np.int64(ok) - np.int64(ok_u)
-        for i in range(m):  # (B) the running sums: three independent chains
+        a3 = sf[2, :m]
+        for i in range(m):  # (B) the running sums: three independent chains, two lookups
             s1 += a1[i]
             s2 += a2[i]
             n += an[i]
-            a1[i] = s1
+            a1[i] = s1 * rsq[n]  # S1 / sqrt(n): M2 = S2 - a1**2
             a2[i] = s2
-            an[i] = n
+            a3[i] = fac[n]  # 1 / (n - ddof), NaN below the count limit
             smax = max(smax, s2)
         os = o[p:q]
         bad = 0
-        for i in range(m):  # (C) variance, guard, sqrt, select: elementwise, vectorised
+        for i in range(m):  # (C) variance, guard, sqrt: elementwise, vectorised, no division
             t1 = a1[i]
-            nn = an[i]
-            fn = np.float64(nn)
-            m2n = a2[i] * fn - t1 * t1  # n * M2
-            good = nn >= lim
-            bad |= (m2n * guard < smax * fn) & good
-            var = m2n / (fn * (fn - fd))
+            f = a3[i]
+            m2 = a2[i] - t1 * t1
+            bad |= (m2 * guard < smax) & (f == f)
+            var = m2 * f  # NaN where the window holds too few values
             if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
                 var = 0.0
-            r = np.sqrt(var) if want_std else var
-            os[i] = r if good else nan
+            os[i] = np.sqrt(var) if want_std else var
         flag |= bad != 0
         p = q
     return not flag and np.isfinite(s1) and np.isfinite(s2)
@@ -501,7 +504,7 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, sf, si
 
 @numba.njit(cache=True, nogil=True)
 def _var_task(  # type: ignore[no-untyped-def]  # pragma: no cover
-    x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd, guard, chunk, tf, ti
+    x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd, guard, st, chunk, tf, ti
 ):
     """Moving var/std for ``o[start:stop]``: streaming chunks, exact block algorithm as fallback.
 
@@ -515,7 +518,7 @@ def _var_task(  # type: ignore[no-untyped-def]  # pragma: no cover
     c0 = start
     while c0 < stop:
         c1 = min(stop, c0 + chunk)
-        if not _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, tf, ti):
+        if not _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, tf, ti):
             _moments_task(x, o, c0, c1, w, min_count, ddof, want_std, sf, si, inv, invd)
         c0 = c1
 
@@ -598,6 +601,7 @@ def _moments_worker(  # type: ignore[no-untyped-def]  # pragma: no cover
     inv,
     invd,
     guard,
+    st,
     chunk,
     tf,
     ti,
@@ -621,6 +625,7 @@ def _moments_worker(  # type: ignore[no-untyped-def]  # pragma: no cover
                 inv,
                 invd,
                 guard,
+                st,
                 chunk,
                 tf[t],
                 ti[t],
@@ -644,6 +649,7 @@ def _moments(  # type: ignore[no-untyped-def]  # pragma: no cover
     inv,
     invd,
     guard,
+    st,
     chunk,
     tf,
     ti,
@@ -666,6 +672,7 @@ def _moments(  # type: ignore[no-untyped-def]  # pragma: no cover
             inv,
             invd,
             guard,
+            st,
             chunk,
             tf,
             ti,
@@ -689,6 +696,7 @@ def _moments_serial(  # type: ignore[no-untyped-def]  # pragma: no cover
     inv,
     invd,
     guard,
+    st,
     chunk,
     tf,
     ti,
@@ -710,6 +718,7 @@ def _moments_serial(  # type: ignore[no-untyped-def]  # pragma: no cover
         inv,
         invd,
         guard,
+        st,
         chunk,
         tf,
         ti,
@@ -735,7 +744,7 @@ def _extremes_serial(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf
 
 
 @numba.njit(cache=True, nogil=True)
-def _one_moments(x, o, w, min_count, ddof, op, inv, invd, guard, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _one_moments(x, o, w, min_count, ddof, op, inv, invd, guard, st, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
     """sum/mean/var/std of one whole row as one task, scratch allocated here (small inputs).
 
     For a row too short to split, :func:`_run_numpy`'s plan, thread switch, four scratch
@@ -750,9 +759,11 @@ def _one_moments(x, o, w, min_count, ddof, op, inv, invd, guard, chunk):  # type
         return
     si = np.empty((2, w + 1), dtype=np.int64)
     sf3 = np.empty((2, 2, w + 1), dtype=np.float64)
-    tf = np.empty((2, _SUB), dtype=np.float64)
+    tf = np.empty((3, _SUB), dtype=np.float64)
     ti = np.empty(_SUB, dtype=np.int64)
-    _var_task(x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, chunk, tf, ti)
+    _var_task(
+        x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, st, chunk, tf, ti
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -806,13 +817,14 @@ def _stream_guard(w: int, chunk: int) -> float:
 @functools.lru_cache(maxsize=64)
 def _tables(
     op: int, w: int, min_count: int, ddof: int
-) -> tuple[np.ndarray, np.ndarray, float, int]:
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, int]:
     """Per-count factor tables and the streaming parameters, cached per call shape.
 
     ``inv[n]`` multiplies a sum of ``n`` values: ``1/n`` for means and var, 1 for sums (exact),
     NaN below ``min_count`` for sum/mean, so their loops need no division and no select.
     ``invd[n] = 1/(n - ddof)`` (NaN where ``n <= ddof``).  Cached (kernels only read them):
-    building them was a third of a small call's fixed cost.
+    building them was a third of a small call's fixed cost.  ``st`` holds the streaming
+    var/std loop's per-count factors (see :func:`_stream_chunk`).
     """
     inv = np.empty(w + 1, dtype=np.float64)
     inv[0] = np.nan
@@ -821,8 +833,15 @@ def _tables(
         inv[:min_count] = np.nan
     denom = np.arange(w + 1, dtype=np.float64) - ddof
     invd = np.divide(1.0, denom, out=np.full(w + 1, np.nan), where=denom > 0)
+    # The streaming var/std loop's tables: 1/sqrt(n) (0 for n = 0, where S1 is only rounding
+    # residue) and 1/(n - ddof) with NaN below max(min_count, ddof + 1).
+    st = np.empty((2, w + 1), dtype=np.float64)
+    st[0, 0] = 0.0
+    st[0, 1:] = 1.0 / np.sqrt(np.arange(1, w + 1, dtype=np.float64))
+    st[1] = invd
+    st[1, : max(min_count, ddof + 1)] = np.nan
     chunk = _stream_chunk_len(w)
-    return inv, invd, _stream_guard(w, chunk), chunk
+    return inv, invd, _stream_guard(w, chunk), st, chunk
 
 
 def _check_min_count(min_count: Any, window: int) -> int:
@@ -881,8 +900,8 @@ def _run_numpy(
         if op in (_MIN, _MAX):
             _one_extreme(a2[0], o2[0], w, min_count, op == _MAX)
         else:
-            inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
-            _one_moments(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, chunk)
+            inv, invd, guard, st, chunk = _tables(op, w, min_count, ddof)
+            _one_moments(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, st, chunk)
         return out
     with kernel_threads(threads) as nthreads:
         rows, starts, stops, tb = _plan(nrows, n, w, nthreads)
@@ -894,7 +913,7 @@ def _run_numpy(
             run(a2, o2, w, min_count, op == _MAX, rows, starts, stops, tb, sf, si)
         else:
             sf3 = np.empty((workers, 2, 2, w + 1), dtype=np.float64)
-            inv, invd, guard, chunk = _tables(op, w, min_count, ddof)
+            inv, invd, guard, st, chunk = _tables(op, w, min_count, ddof)
             drive = _moments if workers > 1 else _moments_serial
             drive(
                 a2,
@@ -912,8 +931,9 @@ def _run_numpy(
                 inv,
                 invd,
                 guard,
+                st,
                 chunk,
-                np.empty((workers, 2, _SUB), dtype=np.float64),
+                np.empty((workers, 3, _SUB), dtype=np.float64),
                 np.empty((workers, _SUB), dtype=np.int64),
             )
     if tmp:
