@@ -16,7 +16,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["WIDTH", "argmin_width"]
+__all__ = ["WIDTH", "add_record4", "argmin_width"]
 
 #: Values per vector step of :func:`argmin_width`; callers pad their rows to a multiple of it.
 WIDTH = 16
@@ -83,3 +83,50 @@ def _argmin_width(
 #: ``argmin_width(row, off, add, add_off)`` inside ``@njit`` code (typed ``Any``: mypy would
 #: otherwise read the intrinsic's typing signature, which has the typing context first).
 argmin_width: Any = _argmin_width
+
+
+@intrinsic
+def _add_record4(
+    typingctx: Any, acc: Any, g: Any, a: Any, b: Any, c: Any
+) -> Any:  # pragma: no cover - compiled
+    """``acc[g, 0:4] += (a, b, c, 0.0)`` as one 4-wide vector load, add and store.
+
+    Why: a scattered per-group update of three accumulators (count, sum, sum of squares) is
+    three scalar read-modify-writes, and LLVM's SLP vectoriser does not merge them even when
+    they sit side by side in one 32-byte record.  One vector read-modify-write retires fewer
+    instructions and touches one cache line: ``group_var``'s loop 16.5 -> 14.2 ms for 1e7
+    values, 1000 groups (numbagg 16.5; Zen 4, best of 20 interleaved).  ``acc`` must be a
+    C-contiguous float64 array of shape ``(ngroups, 4)``; ``g`` is not bounds-checked (the
+    callers test it first).  The fourth lane adds ``0.0``, which leaves any value unchanged
+    except ``-0.0``; callers keep it at ``0.0``.
+    """
+    if not (
+        isinstance(acc, types.Array)
+        and acc.ndim == 2
+        and acc.layout == "C"
+        and acc.dtype == types.float64
+        and isinstance(g, types.Integer)
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        accty = sig.args[0]
+        vty = ir.VectorType(ir.DoubleType(), 4)
+        arr = context.make_array(accty)(context, builder, args[0])
+        gi = context.cast(builder, args[1], sig.args[1], types.intp)
+        zero = context.get_constant(types.intp, 0)
+        p = cgutils.get_item_pointer(context, builder, accty, arr, [gi, zero], wraparound=False)
+        vp = builder.bitcast(p, vty.as_pointer())
+        old = builder.load(vp, align=8)  # 8: NumPy guarantees no more than element alignment
+        v = ir.Constant(vty, [0.0, 0.0, 0.0, 0.0])
+        for i in range(3):
+            x = context.cast(builder, args[2 + i], sig.args[2 + i], types.float64)
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), i))
+        builder.store(builder.fadd(old, v), vp, align=8)
+        return context.get_dummy_value()
+
+    return types.void(acc, g, a, b, c), codegen
+
+
+#: ``add_record4(acc, g, a, b, c)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
+add_record4: Any = _add_record4

@@ -492,7 +492,7 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf
             t1 = a1[i]
             f = a3[i]
             m2 = a2[i] - t1 * t1
-            bad |= (m2 * guard < smax) & (f == f)
+            bad |= (m2 * guard < smax) & (f == f)  # noqa: PLR0124 - NaN test
             var = m2 * f  # NaN where the window holds too few values
             if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
                 var = 0.0
