@@ -414,7 +414,7 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf
     Speed: one fused loop (update, variance, square root, select per value) is scalar code
     whose instruction count, not memory, bounds it (0.57x bottleneck at 1 thread).  So each
     sub-block of ``_SUB`` values takes three passes over L1-resident scratch rows ``sf``
-    (2, _SUB) and ``si`` (_SUB,): (A) the entering-minus-leaving deltas, elementwise and
+    (3, _SUB) and ``si`` (_SUB,): (A) the entering-minus-leaving deltas, elementwise and
     vectorised; (B) the running sums, the only loop-carried part (three independent add
     chains; it is bound by their 3-cycle add latency, so it also looks up the per-count
     factors ``st[0][n] = 1/sqrt(n)`` and ``st[1][n] = 1/(n - ddof)`` (NaN below the count
