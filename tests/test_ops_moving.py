@@ -218,11 +218,11 @@ def test_streaming_guard_and_chunk_length() -> None:
     a = _step_and_walk()["step"]
     w = 30
     chunk = m._stream_chunk_len(w)
-    inv, invd, guard, st, _ = m._tables(m._VAR, w, w, 1)
+    _, _, guard, st, _ = m._tables(m._VAR, w, w, 1)
     out = np.empty_like(a)
     exact = brute("var", a, w, w, ddof=1)
     scratch = (np.empty((3, m._SUB)), np.empty(m._SUB, dtype=np.int64))
-    args = (w, w, 1, False, inv, invd, guard, st, *scratch)
+    args = (w, False, guard, st, *scratch)
     assert m._stream_chunk(a, out, 0, chunk, *args)
     np.testing.assert_allclose(out[w:chunk], exact[w:chunk], rtol=1e-9)
     assert not m._stream_chunk(a, out, chunk, 2 * chunk, *args)

@@ -396,7 +396,7 @@ _SUB = 512
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _stream_chunk(x, o, c0, c1, w, want_std, guard, st, sf, si):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Streaming (add/remove) shifted moments for ``o[c0:c1]``; False if it cannot be trusted.
 
     The sums restart exactly at ``c0`` (no drift carried between chunks) with the shift ``k``
@@ -425,7 +425,8 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf
     of the fused loop, so the error bound is unchanged (the factors add a few ``eps * S2``
     once per window, not per step).
     """
-    nan = np.nan
+    rsq = st[0]
+    fac = st[1]
     k = _first_finite(x, c0 - w, c1, 0.0)
     s1 = 0.0
     s2 = 0.0
@@ -448,16 +449,14 @@ def _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, sf
         s2 += d * d
         n += ok
         smax = max(smax, s2)
-        m2 = s2 - s1 * s1 * inv[n]
-        flag |= (m2 * guard < smax) & (n >= lim)
-        var = m2 * invd[n]
+        t1 = s1 * rsq[n]
+        f = fac[n]
+        m2 = s2 - t1 * t1
+        flag |= (m2 * guard < smax) & (f == f)  # noqa: PLR0124 - NaN test
+        var = m2 * f
         if var < 0.0:  # noqa: PLR1730 - rounding; NaN (an inf in the window) must stay NaN
             var = 0.0
         o[i] = np.sqrt(var) if want_std else var
-        if n < lim:
-            o[i] = nan
-    rsq = st[0]
-    fac = st[1]
     p = max(c0, head)
     while p < c1:
         q = min(c1, p + _SUB)
@@ -514,11 +513,10 @@ def _var_task(  # type: ignore[no-untyped-def]  # pragma: no cover
     if guard <= 0.0:
         _moments_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, invd)
         return
-    lim = max(min_count, ddof + 1)
     c0 = start
     while c0 < stop:
         c1 = min(stop, c0 + chunk)
-        if not _stream_chunk(x, o, c0, c1, w, lim, ddof, want_std, inv, invd, guard, st, tf, ti):
+        if not _stream_chunk(x, o, c0, c1, w, want_std, guard, st, tf, ti):
             _moments_task(x, o, c0, c1, w, min_count, ddof, want_std, sf, si, inv, invd)
         c0 = c1
 
