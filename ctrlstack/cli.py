@@ -508,7 +508,14 @@ def _wait_script(
         if attach is not None:
             # If we are killed outright, the kernel sends the script SIGTERM (parent-death
             # signal); the supervisor kills it if it still runs after a grace period.
-            attach(child.pid)
+            try:
+                attach(child.pid)
+            except Exception:
+                # A script that has already exited (a zombie until we reap it) cannot be
+                # attached, and needs no guard: take its status.  One that still runs must
+                # not run unguarded: stop it (below) and report why.
+                if child.poll() is None:
+                    raise
         code: int = child.wait()
     except BaseException:
         if child.poll() is None:

@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 
 from ctrlstack import api, cli
 from ctrlstack._config_check import packaged_defaults
+from ctrlstack.errors import UserError
 from ctrlstack.topology.cpuset import parse_cpulist
 from ctrlstack.topology.hwloc import from_hwloc_xml
 
@@ -296,6 +297,47 @@ def test_run_exits_with_the_scripts_status(fake_cluster: list[str], tmp_path: Pa
     result = invoke("run", str(script))
     assert result.exit_code == 3
     assert fake_cluster == ["attached", "stopped"]
+
+
+def test_run_takes_the_status_of_a_script_that_exits_before_it_is_attached(
+    fake_cluster: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor refuses to attach a process that has exited; that race is no error."""
+
+    def refuse_once_exited(pid: int) -> None:
+        deadline = time.monotonic() + 20
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "script did not exit"
+            time.sleep(0.01)
+        raise UserError(f"not a live process of this host: {pid}")
+
+    monkeypatch.setattr(api.get("fake"), "attach", refuse_once_exited)
+    script = tmp_path / "job.py"
+    script.write_text("import sys; sys.exit(3)\n")
+    result = invoke("run", str(script))
+    assert result.exit_code == 3, result.output
+    assert fake_cluster == ["stopped"]
+
+
+def test_run_stops_a_running_script_it_cannot_attach(
+    fake_cluster: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidfile = tmp_path / "pid"
+
+    def refuse(pid: int) -> None:
+        pidfile.write_text(str(pid))
+        raise UserError("the supervisor is gone")
+
+    monkeypatch.setattr(api.get("fake"), "attach", refuse)
+    script = tmp_path / "job.py"
+    script.write_text("import time; time.sleep(30)\n")
+    result = invoke("run", str(script))
+    assert result.exit_code != 0
+    assert "the supervisor is gone" in result.output
+    assert fake_cluster == ["stopped"]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(int(pidfile.read_text()))
+        assert proc.status() == psutil.STATUS_ZOMBIE, "script still running"
 
 
 def test_run_reports_a_killed_script_in_shell_convention(
