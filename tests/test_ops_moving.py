@@ -175,6 +175,25 @@ def test_branchy_and_branch_free_sum_loops_agree_with_pandas(name: str, frac: fl
     assert np.isinf(got).sum() == np.isinf(brute(name, b, 5, 1)).sum() > 0
 
 
+@pytest.mark.parametrize("name", ["sum", "mean"])
+def test_four_value_steps_handle_nans_at_every_offset(name: str) -> None:
+    """The branchy loop takes four values per step and re-walks a step holding a NaN.
+
+    NaNs at each offset within a step, entering and leaving the window in the same step, and
+    a NaN step next to a clean one: every output must equal the window-by-window definition.
+    """
+    from ctrlstack.ops.moving import _few_nans
+
+    a = RNG.normal(size=3001)  # an odd length: the last values take the one-value loop
+    for r, start in enumerate((400, 801, 1202, 1603)):
+        a[start + r] = np.nan  # offsets 0..3 within a step of the window-ending loop
+    a[[2000, 2003, 2004, 2010]] = np.nan
+    assert bool(_few_nans(a[12:])) is True
+    for window, mc in ((12, 12), (12, 9), (4, 1), (5, 3)):
+        got = KERNELS[name](a, window, min_count=mc, threads=1)
+        assert_same(got, brute(name, a, window, mc), *TOL[name])
+
+
 def _step_and_walk() -> dict[str, np.ndarray]:
     """Inputs that defeat a plain add/remove variance, several streaming chunks long."""
     step = RNG.normal(size=6000)
@@ -275,7 +294,7 @@ def test_parallel_segments_equal_serial(name: str) -> None:
 def test_one_row_fast_path_equals_the_driver(
     name: str, n: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A short 1-D row takes ``_one_moments`` / ``_one_extreme``, a 2-D array the drivers.
+    """A short 1-D row takes ``_one_sum`` / ``_one_moments`` / ``_one_extreme``, 2-D the drivers.
 
     The same task functions run on the same values, so the results must be bitwise equal.
     """
@@ -283,7 +302,8 @@ def test_one_row_fast_path_equals_the_driver(
 
     a = with_nans((n,), frac=0.01)
     calls: list[str] = []
-    entry = "_one_extreme" if name in ("min", "max") else "_one_moments"
+    entries = {"min": "_one_extreme", "max": "_one_extreme", "sum": "_one_sum", "mean": "_one_sum"}
+    entry = entries.get(name, "_one_moments")
     real = getattr(moving, entry)
 
     def spy(*args: object) -> None:

@@ -71,6 +71,8 @@ _SUM, _MEAN, _VAR, _STD, _MIN, _MAX = range(6)
 _NAMES = {_SUM: "sum", _MEAN: "mean", _VAR: "var", _STD: "std", _MIN: "min", _MAX: "max"}
 # Segments shorter than this are not worth a separate task (each re-reads `window` values).
 _MIN_SEGMENT = 1 << 15
+#: dtypes the kernels take as they are (others are converted or refused by the general path)
+_ROW_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 
 # --------------------------------------------------------------------------- kernels
@@ -129,7 +131,7 @@ def _few_nans(x):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Running NaN-skipping sum (or mean) for ``o[start:stop]``: one dependent add per element.
+    """Running NaN-skipping sum (or mean) for ``o[start:stop]``: one dependent add per step.
 
     ``scale[c]`` is the factor for a window of ``c`` valid values: NaN below ``min_count``,
     ``1/c`` for means, ``1`` for sums (exact), so each output is ``s * scale[c]``, with no
@@ -168,8 +170,40 @@ def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untype
         # and the factor is reloaded only when the count changes.  Zen 4, 1e6 values,
         # 1 % NaN: 0.95 ns/value vs 1.25 for the branch-free loop (which the 10 % NaN case
         # keeps at 1.25 where this one takes 3.4).
+        #
+        # Four values per step: their partial sums do not depend on ``s``, so the running
+        # sum's dependency chain is one add per four values instead of one per value (the
+        # add latency bounded this loop at about 0.85 ns/value).  One test per step: the
+        # sum of the four differences is NaN iff one of them is (or inf - inf met, which the
+        # exact per-value step below handles too).
         f = scale[c]
-        for i in range(xin.shape[0]):
+        n4 = xin.shape[0] // 4
+        for b in range(n4):
+            i = 4 * b
+            d0 = xin[i] - xout[i]
+            d1 = xin[i + 1] - xout[i + 1]
+            d2 = xin[i + 2] - xout[i + 2]
+            d3 = xin[i + 3] - xout[i + 3]
+            p1 = d0 + d1
+            p2 = p1 + d2
+            p3 = p1 + (d2 + d3)
+            if p3 == p3:  # noqa: PLR0124
+                os[i] = (s + d0) * f
+                os[i + 1] = (s + p1) * f
+                os[i + 2] = (s + p2) * f
+                s += p3
+                os[i + 3] = s * f
+            else:
+                for q in range(i, i + 4):
+                    v = xin[q]
+                    u = xout[q]
+                    ok = _ok(v)
+                    ok_u = _ok(u)
+                    s += (v if ok else 0.0) - (u if ok_u else 0.0)
+                    c += int(ok) - int(ok_u)
+                    os[q] = s * scale[c]
+                f = scale[c]
+        for i in range(4 * n4, xin.shape[0]):
             v = xin[i]
             u = xout[i]
             d = v - u
@@ -742,25 +776,21 @@ def _extremes_serial(a2, out2, w, min_count, is_max, rows, starts, stops, tb, sf
 
 
 @numba.njit(cache=True, nogil=True)
-def _one_moments(x, o, w, min_count, ddof, op, inv, invd, guard, st, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """sum/mean/var/std of one whole row as one task, scratch allocated here (small inputs).
+def _one_sum(x, o, w, min_count, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """sum/mean of one whole row as one task (small inputs; see :func:`_run_one`)."""
+    _sum_task(x, o, 0, x.shape[0], w, min_count, scale)
 
-    For a row too short to split, :func:`_run_numpy`'s plan, thread switch, four scratch
-    allocations and an 18-argument dispatch were about 20 us of Python per call, as much as
-    the kernel itself on 20 000 values (and more once the call's data had pushed the
-    interpreter out of L2).  Same task functions, same results.  min/max have their own
-    entry (:func:`_one_extreme`) so that neither compiles the other's task.
-    """
+
+@numba.njit(cache=True, nogil=True)
+def _one_moments(x, o, w, min_count, ddof, want_std, inv, invd, guard, st, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """var/std of one whole row as one task, scratch allocated here (see :func:`_run_one`)."""
     n = x.shape[0]
-    if op <= _MEAN:
-        _sum_task(x, o, 0, n, w, min_count, inv)
-        return
     si = np.empty((2, w + 1), dtype=np.int64)
     sf3 = np.empty((2, 2, w + 1), dtype=np.float64)
     tf = np.empty((3, _SUB), dtype=np.float64)
     ti = np.empty(_SUB, dtype=np.int64)
     _var_task(
-        x, o, 0, n, w, min_count, ddof, op == _STD, sf3, si, inv, invd, guard, st, chunk, tf, ti
+        x, o, 0, n, w, min_count, ddof, want_std, sf3, si, inv, invd, guard, st, chunk, tf, ti
     )
 
 
@@ -865,6 +895,63 @@ def _as_2d_out(out: np.ndarray, ax: int, nrows: int, n: int) -> np.ndarray | Non
     return view
 
 
+def _run_one(
+    op: int, x: np.ndarray, o: np.ndarray, w: int, min_count: int, ddof: int, threads: Any
+) -> None:
+    """One row too short to split (``w`` already at most its length), as one compiled task.
+
+    For such a row, :func:`_run_numpy`'s plan, thread switch, scratch allocations and an
+    18-argument dispatch were about 20 us of Python per call, as much as the kernel itself on
+    20 000 values.  Same task functions, same results, whatever the thread count.  Each
+    family has its own small entry so that none compiles another's task.
+    """
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    if op in (_MIN, _MAX):
+        _one_extreme(x, o, w, min_count, op == _MAX)
+        return
+    inv, invd, guard, st, chunk = _tables(op, w, min_count, ddof)
+    if op <= _MEAN:
+        _one_sum(x, o, w, min_count, inv)
+    else:
+        _one_moments(x, o, w, min_count, ddof, op == _STD, inv, invd, guard, st, chunk)
+
+
+def _one_row(
+    op: int, a: np.ndarray, w: int, min_count: int, ddof: int, axis: Any, out: Any, threads: Any
+) -> np.ndarray | None:
+    """The whole call for one short C-contiguous float row, or None: take the general path.
+
+    Why a second entry: calling the kernels one row at a time (a loop over series, as with
+    bottleneck) paid about 4 us of checks and reshaping per call in :func:`_moving` and
+    :func:`_run_numpy`, against 0.4 us for bottleneck; this path does only the checks such a
+    row needs.  Anything else (other dtypes or axes, an ``out`` that needs a check) returns
+    None, and the general path gives the same results and the same errors.
+    """
+    if a.ndim != 1 or a.dtype not in _ROW_DTYPES or not a.flags.c_contiguous:
+        return None
+    if type(axis) is not int or axis not in (0, -1):
+        return None
+    n = a.shape[0]
+    wk = min(w, n)
+    if n == 0 or n >= 2 * _segment(wk):
+        return None
+    if out is None:
+        o = np.empty(n, dtype=a.dtype)
+    elif (
+        type(out) is np.ndarray
+        and out.shape == a.shape
+        and out.dtype == a.dtype
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        o = out
+    else:
+        return None
+    _run_one(op, a, o, wk, min_count, ddof, threads)
+    return o
+
+
 def _run_numpy(
     op: int,
     arr: np.ndarray,
@@ -893,13 +980,7 @@ def _run_numpy(
     o2 = np.empty((nrows, n), dtype=dtype) if view is None or tmp else view
     w = min(w_user, n)  # a window longer than the row behaves like one of the row's length
     if nrows == 1 and n < 2 * _segment(w) and not tmp:  # one task whatever the thread count
-        if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
-        if op in (_MIN, _MAX):
-            _one_extreme(a2[0], o2[0], w, min_count, op == _MAX)
-        else:
-            inv, invd, guard, st, chunk = _tables(op, w, min_count, ddof)
-            _one_moments(a2[0], o2[0], w, min_count, ddof, op, inv, invd, guard, st, chunk)
+        _run_one(op, a2[0], o2[0], w, min_count, ddof, threads)
         return out
     with kernel_threads(threads) as nthreads:
         rows, starts, stops, tb = _plan(nrows, n, w, nthreads)
@@ -957,6 +1038,10 @@ def _moving(
     w = check_positive_int(window, "window")
     mc = _check_min_count(min_count, w)
     dd = _check_ddof(ddof)
+    if type(a) is np.ndarray and dim is None:
+        res = _one_row(op, a, w, mc, dd, axis, out, threads)
+        if res is not None:
+            return res
     if is_xarray(a):
         if out is not None:
             raise TypeError("out is not supported for xarray input")
