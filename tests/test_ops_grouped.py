@@ -171,6 +171,36 @@ def test_parallel_segments_equal_serial() -> None:
         assert_same(fn(v, labels, NG, threads=2), fn(v, labels, NG, threads=1), 1e-12, 1e-12)
 
 
+@pytest.mark.parametrize("name", ["sum", "mean", "count", "var", "min", "max"])
+def test_one_task_row_takes_the_serial_driver_and_equals_the_plan(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row too short to split runs as one task with no thread switch, whatever ``threads``.
+
+    The same kernels on the same plan as :func:`_plan` would make, so results are bitwise equal
+    to the planned path (taken here through a 2-D input of the same row twice).
+    """
+    from ctrlstack.ops import _runtime, grouped
+
+    v, labels = data((20_000,))
+    switched: list[int] = []
+    real = _runtime.kernel_threads
+
+    def spy(threads: Any = None) -> Any:
+        switched.append(1)
+        return real(threads)
+
+    monkeypatch.setattr(grouped, "kernel_threads", spy)
+    one = KERNELS[name](v, labels, NG, threads=2)
+    assert switched == []
+    rows = KERNELS[name](np.stack([v, v]), labels, NG, threads=2)
+    assert switched == [1]
+    np.testing.assert_array_equal(one, rows[0])
+    np.testing.assert_array_equal(one, rows[1])
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        KERNELS[name](v, labels, NG, threads=0)
+
+
 @pytest.mark.parametrize(
     ("labels", "ngroups", "exc", "match"),
     [

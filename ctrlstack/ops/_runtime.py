@@ -26,7 +26,7 @@ from ctrlstack.topology.budget import thread_budget
 #: numba.config is populated at run time; mypy cannot see its attributes.
 numba_config: Any = numba.config
 
-__all__ = ["ensure_threading_layer", "is_dask", "is_xarray", "kernel_threads"]
+__all__ = ["check_threads", "ensure_threading_layer", "is_dask", "is_xarray", "kernel_threads"]
 
 
 def ensure_threading_layer() -> None:
@@ -37,15 +37,21 @@ def ensure_threading_layer() -> None:
         numba_config.THREADING_LAYER = "threadsafe"
 
 
+def check_threads(threads: Any) -> int:
+    """``threads`` as an int >= 1 (for calls that run one task and need no thread switch)."""
+    wanted = int(threads)
+    if wanted < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    return wanted
+
+
 @contextmanager
 def kernel_threads(threads: int | None = None) -> Iterator[int]:
     """Run the enclosed parallel Numba calls with ``threads`` (default: the budget) threads.
 
     Clamped to Numba's pool size; restores the calling thread's previous setting on exit.
     """
-    wanted = thread_budget() if threads is None else int(threads)
-    if wanted < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    wanted = thread_budget() if threads is None else check_threads(threads)
     n = min(wanted, numba_config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     if n == previous:  # the common case; set_num_threads costs microseconds per call

@@ -40,7 +40,7 @@ from ctrlstack.ops._check import (
     normalize_axis,
     row_segments,
 )
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._runtime import check_threads, is_dask, is_xarray, kernel_threads
 from ctrlstack.ops._simd import add_record4
 
 __all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
@@ -98,8 +98,10 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
     """One-lane body of :func:`_sum_task` (scattered labels); True if a label was invalid.
 
     Two loops, like the two-lane body, rather than one with ``if count`` inside: that single
-    loop measured 1.5-3 % slower with counts (Zen 4, 1e7 values, three runs), the same without;
-    the loop without counts has since taken a shape of its own (below).
+    loop measured 1.5-3 % slower with counts (Zen 4, 1e7 values, three runs), the same without.
+    Two values per step with one label test, as in the loop without counts, measured 8.17-8.30
+    against 8.33-8.52 ms as a standalone loop but 8.94 against 8.45 once inlined here (Zen 4,
+    1e7 values, 1000 groups): not taken.
     """
     bad = False
     if count:
@@ -409,56 +411,93 @@ def _ext_task(x, lab, start, stop, ng, cr, er, is_max):  # type: ignore[no-untyp
     return bad
 
 
+# Drivers: one worker's share of the plan (``_*_worker``), run on threads by the parallel
+# driver and called directly when the plan has one worker: a ``parallel=True`` function costs
+# its thread launch even then (0.17 ms of 8.4 for group_mean, 1e7 values, 1 thread, Zen 4).
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_worker(t, a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for k in range(tb[t], tb[t + 1]):
+        r = rows[k]
+        if _sum_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], s1[t, r], count):
+            bad[t] = True
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
     for t in numba.prange(tb.shape[0] - 1):
-        for k in range(tb[t], tb[t + 1]):
-            r = rows[k]
-            if _sum_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], s1[t, r], count):
-                bad[t] = True
+        _sum_worker(t, a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _g_var(a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+@numba.njit(cache=True, nogil=True)
+def _g_sum_serial(a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    _sum_worker(0, a2, lab, ng, rows, starts, stops, tb, cnt, s1, count, bad)
+
+
+@numba.njit(cache=True, nogil=True)
+def _var_worker(t, a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``var`` partials per (worker, row): a worker's consecutive segments of a row are one range.
 
     (With fewer rows than threads a worker can hold two adjacent segments of one row; the
     common shift and the guard are per range, so they are joined, not run one after another.)
     """
-    for t in numba.prange(tb.shape[0] - 1):
-        k = tb[t]
-        while k < tb[t + 1]:
-            r = rows[k]
-            lo = starts[k]
-            hi = stops[k]
-            while k + 1 < tb[t + 1] and rows[k + 1] == r and starts[k + 1] == hi:
-                k += 1
-                hi = stops[k]
-            x = a2[r]
-            b, u = _var_task(
-                x[lo:hi],
-                lab[lo:hi],
-                ng,
-                keep[min(r, keep.shape[0] - 1)],
-                own,
-                cnt[t, r],
-                s1[t, r],
-                s2[t, r],
-                sh[t, r],
-            )
-            if b:
-                bad[t] = True
-            used_own[t, r] = u
+    k = tb[t]
+    while k < tb[t + 1]:
+        r = rows[k]
+        lo = starts[k]
+        hi = stops[k]
+        while k + 1 < tb[t + 1] and rows[k + 1] == r and starts[k + 1] == hi:
             k += 1
+            hi = stops[k]
+        x = a2[r]
+        b, u = _var_task(
+            x[lo:hi],
+            lab[lo:hi],
+            ng,
+            keep[min(r, keep.shape[0] - 1)],
+            own,
+            cnt[t, r],
+            s1[t, r],
+            s2[t, r],
+            sh[t, r],
+        )
+        if b:
+            bad[t] = True
+        used_own[t, r] = u
+        k += 1
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _g_var(a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for t in numba.prange(tb.shape[0] - 1):
+        _var_worker(
+            t, a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _g_var_serial(a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    _var_worker(0, a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ext_worker(t, a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for k in range(tb[t], tb[t + 1]):
+        r = rows[k]
+        if _ext_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], ext[t, r], is_max):
+            bad[t] = True
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
     for t in numba.prange(tb.shape[0] - 1):
-        for k in range(tb[t], tb[t + 1]):
-            r = rows[k]
-            if _ext_task(a2[r], lab, starts[k], stops[k], ng, cnt[t, r], ext[t, r], is_max):
-                bad[t] = True
+        _ext_worker(t, a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad)
+
+
+@numba.njit(cache=True, nogil=True)
+def _g_ext_serial(a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    _ext_worker(0, a2, lab, ng, rows, starts, stops, tb, cnt, ext, is_max, bad)
 
 
 # --------------------------------------------------------------------------- partials (pure)
@@ -478,33 +517,55 @@ def _partials(
     (var), ``ext`` (min/max).
     """
     nrows, n = a2.shape
+    if nrows == 1 and n < 2 * _MIN_SEGMENT:
+        # One task whatever the thread count: no thread switch and no planning, which were
+        # 7 of the 30 us of a 10 000-value call (Zen 4); the serial drivers run it.
+        if threads is not None:
+            check_threads(threads)
+        plan = _one_task(n)
+        return _partials_of(op, a2, lab, ng, plan)
     with kernel_threads(threads) as nthreads:
-        rows, starts, stops, tb = _plan(nrows, n, nthreads)
-        workers = tb.shape[0] - 1
-        bad = np.zeros(workers, dtype=np.bool_)
-        if op == _VAR:
-            plan = (rows, starts, stops, tb)
-            parts, failed = _var_moments(a2, lab, ng, plan, np.ones((1, ng), np.bool_), False)
-            if failed.any():  # groups whose common-shift sums lost too much: own shifts
-                redo, _ = _var_moments(a2, lab, ng, plan, failed, True)
-                parts = {key: np.where(failed, redo[key], parts[key]) for key in parts}
-            return parts
-        if op in (_SUM, _MEAN, _COUNT):
-            # (worker, row, lane, group); lanes are merged like workers
-            lanes = (workers, nrows, _LANES, ng)
-            cnt = np.zeros(lanes, dtype=np.int64)
-            s1 = np.zeros(lanes, dtype=np.float64)
-            _g_sum(a2, lab, ng, rows, starts, stops, tb, cnt, s1, op != _SUM, bad)
-            _raise_if_bad(bad, lab, ng)
-            return {"n": cnt.sum(axis=(0, 2)), "sum": s1.sum(axis=(0, 2))}
-        shape = (workers, nrows, ng)
-        cnt = np.zeros(shape, dtype=np.int64)
-        ident = -np.inf if op == _MAX else np.inf
-        ext = np.full(shape, ident, dtype=np.float64)
-        _g_ext(a2, lab, ng, rows, starts, stops, tb, cnt, ext, op == _MAX, bad)
+        return _partials_of(op, a2, lab, ng, _plan(nrows, n, nthreads))
+
+
+def _one_task(n: int) -> tuple[np.ndarray, ...]:
+    """The plan of :func:`_plan` for one row as one task, built directly."""
+    zero = np.zeros(1, dtype=np.int64)
+    return zero, zero, np.array([n], dtype=np.int64), np.array([0, 1], dtype=np.int64)
+
+
+def _partials_of(
+    op: str, a2: np.ndarray, lab: np.ndarray, ng: int, plan: tuple[np.ndarray, ...]
+) -> dict[str, np.ndarray]:
+    """:func:`_partials` for a given plan (run with the thread count it was made for)."""
+    nrows = a2.shape[0]
+    rows, starts, stops, tb = plan
+    workers = tb.shape[0] - 1
+    bad = np.zeros(workers, dtype=np.bool_)
+    if op == _VAR:
+        parts, failed = _var_moments(a2, lab, ng, plan, np.ones((1, ng), np.bool_), False)
+        if failed.any():  # groups whose common-shift sums lost too much: own shifts
+            redo, _ = _var_moments(a2, lab, ng, plan, failed, True)
+            parts = {key: np.where(failed, redo[key], parts[key]) for key in parts}
+        return parts
+    if op in (_SUM, _MEAN, _COUNT):
+        # (worker, row, lane, group); lanes are merged like workers
+        lanes = (workers, nrows, _LANES, ng)
+        cnt = np.zeros(lanes, dtype=np.int64)
+        s1 = np.zeros(lanes, dtype=np.float64)
+        drive = _g_sum if workers > 1 else _g_sum_serial
+        drive(a2, lab, ng, rows, starts, stops, tb, cnt, s1, op != _SUM, bad)
         _raise_if_bad(bad, lab, ng)
-        reduce = np.max if op == _MAX else np.min
-        return {"n": cnt.sum(axis=0), "ext": reduce(ext, axis=0)}
+        return {"n": cnt.sum(axis=(0, 2)), "sum": s1.sum(axis=(0, 2))}
+    shape = (workers, nrows, ng)
+    cnt = np.zeros(shape, dtype=np.int64)
+    ident = -np.inf if op == _MAX else np.inf
+    ext = np.full(shape, ident, dtype=np.float64)
+    run = _g_ext if workers > 1 else _g_ext_serial
+    run(a2, lab, ng, rows, starts, stops, tb, cnt, ext, op == _MAX, bad)
+    _raise_if_bad(bad, lab, ng)
+    reduce = np.max if op == _MAX else np.min
+    return {"n": cnt.sum(axis=0), "ext": reduce(ext, axis=0)}
 
 
 def _var_moments(
@@ -528,7 +589,8 @@ def _var_moments(
     sh = np.zeros(shape, dtype=np.float64)
     used_own = np.zeros(shape[:2], dtype=np.bool_)
     bad = np.zeros(workers, dtype=np.bool_)
-    _g_var(a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad)
+    drive = _g_var if workers > 1 else _g_var_serial
+    drive(a2, lab, ng, rows, starts, stops, tb, keep, own, cnt, s1, s2, sh, used_own, bad)
     _raise_if_bad(bad, lab, ng)
     failed = np.zeros(shape[1:2] + shape[3:], dtype=np.bool_)
     n, ref, rel, m2 = _merge_shifted(cnt, sh, s1, s2, used_own, failed)

@@ -63,7 +63,7 @@ from ctrlstack.ops._check import (
     normalize_axis,
     row_segments,
 )
-from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
+from ctrlstack.ops._runtime import check_threads, is_dask, is_xarray, kernel_threads
 
 __all__ = ["moving_max", "moving_mean", "moving_min", "moving_std", "moving_sum", "moving_var"]
 
@@ -905,8 +905,8 @@ def _run_one(
     20 000 values.  Same task functions, same results, whatever the thread count.  Each
     family has its own small entry so that none compiles another's task.
     """
-    if threads is not None and int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    if threads is not None:
+        check_threads(threads)
     if op in (_MIN, _MAX):
         _one_extreme(x, o, w, min_count, op == _MAX)
         return
