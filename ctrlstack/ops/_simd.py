@@ -16,7 +16,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["WIDTH", "add_record4", "argmin_width"]
+__all__ = ["WIDTH", "add_record4", "argmin_width", "bits_f64", "f64_bits"]
 
 #: Values per vector step of :func:`argmin_width`; callers pad their rows to a multiple of it.
 WIDTH = 16
@@ -130,3 +130,27 @@ def _add_record4(
 
 #: ``add_record4(acc, g, a, b, c)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
 add_record4: Any = _add_record4
+
+
+@intrinsic
+def f64_bits(typingctx: Any, x: Any) -> Any:  # pragma: no cover - compiled
+    """The IEEE-754 bits of float64 ``x`` as an int64 (a bitcast: vectorises, unlike a view)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def bits_f64(typingctx: Any, i: Any) -> Any:  # pragma: no cover - compiled
+    """The float64 whose IEEE-754 bits are int64 ``i`` (the inverse of :func:`f64_bits`)."""
+    if i != types.int64:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen

@@ -3,7 +3,8 @@
 * :func:`logistic_loss_grad` reads ``X`` once: per row it forms ``z = x.w``, the stable
   log-sigmoid loss and ``sigmoid(z) - y``, and adds ``(sigmoid(z) - y) x`` to a per-thread
   gradient partial.  NumPy needs two GEMVs and elementwise temporaries (three passes over ``X``
-  plus allocations); this is why the fused loop wins although ``exp`` is scalar here (no SVML).
+  plus allocations).  ``exp`` and ``log1p`` are the vectorisable ones of
+  :mod:`ctrlstack.ops._vmath` (libm's are scalar calls without SVML).
 * :func:`mlp_forward` runs the whole network on blocks of rows: each block's hidden activations
   stay in a per-thread scratch buffer in cache instead of an (n, width) array per layer.  The
   per-layer GEMM is NumPy's BLAS (limited to one thread) and the bias + activation a compiled
@@ -28,6 +29,7 @@ from ctrlstack.ops._check import as_float_array, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
 from ctrlstack.ops._tiles import run_tiles
+from ctrlstack.ops._vmath import exp_nonpos, log1p_unit
 
 __all__ = ["ACTIVATIONS", "logistic_loss_grad", "mlp_forward"]
 
@@ -37,38 +39,68 @@ _RELU, _TANH, _SIGMOID, _IDENTITY = 0, 1, 2, 3
 # must still come out as NaN in the loss and gradient.
 _FAST = {"contract", "reassoc", "nsz", "arcp"}
 _MLP_BLOCK = 256  # rows per MLP block: 256 x width activations stay in L2/L3
+_LOGISTIC_BLOCK = 256  # rows per logistic block: z and the terms stay in L1
 
 
 # --------------------------------------------------------------------------------------------
 # kernels
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _logistic_terms(zb, yb, lb, rb):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Per row of a block: loss term ``log(1 + e^z) - y z`` into ``lb``, ``sigmoid(z) - y``
+    into ``rb``.  Vectorised (see :mod:`ctrlstack.ops._vmath`: no ``reassoc`` here).
+
+    Stable and branch-free: ``log(1 + e^z) = max(z, 0) + log1p(e^-|z|)`` and ``sigmoid(z)``
+    from the same ``e^-|z|``.  A NaN ``z`` gives NaN terms, an infinite one what the formulas
+    give (as with libm).
+    """
+    for b in range(zb.shape[0]):
+        z = zb[b]
+        e = exp_nonpos(-abs(z))
+        e = e if z == z else z  # noqa: PLR0124 - NaN in, NaN out
+        y = np.float64(yb[b])
+        inv = 1.0 / (1.0 + e)
+        p = inv if z >= 0.0 else e * inv
+        lb[b] = (max(z, 0.0) + log1p_unit(e)) - y * z
+        rb[b] = p - y
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
 def _logistic(X, y, w, consts, grad_parts, loss_parts):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Per slot: ``sum_i log(1 + e^z_i) - y_i z_i`` and ``sum_i (sigmoid(z_i) - y_i) x_i``."""
+    """Per slot: ``sum_i log(1 + e^z_i) - y_i z_i`` and ``sum_i (sigmoid(z_i) - y_i) x_i``.
+
+    Blocks of ``_LOGISTIC_BLOCK`` rows, in three steps so that each is a loop LLVM vectorises:
+    the dot products ``z = X w`` (in the data dtype), the loss and residual terms in float64
+    (:func:`_logistic_terms`), then the loss sum and ``g += r x`` per row.
+    """
     n, d = X.shape
     n_slots = grad_parts.shape[0]
     per = (n + n_slots - 1) // n_slots
     zero = consts[0]
-    one = consts[1]
     for t in prange(n_slots):
         g = grad_parts[t]
+        zs = np.empty(_LOGISTIC_BLOCK)
+        ls = np.empty(_LOGISTIC_BLOCK)
+        rs = np.empty(_LOGISTIC_BLOCK)
         loss = 0.0
-        for i in range(t * per, min(n, (t + 1) * per)):
-            z = zero
-            for j in range(d):
-                z += X[i, j] * w[j]
-            # stable and branch-free (labels are random, a branch would mispredict):
-            # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), sigmoid(z) from the same e^-|z|
-            e = math.exp(-abs(z))
-            l_i = max(z, zero) + math.log1p(e)
-            inv = one / (one + e)
-            p = inv if z >= zero else e * inv
-            yi = y[i]
-            loss += l_i - yi * z
-            r = p - yi
-            for j in range(d):
-                g[j] += r * X[i, j]
+        hi = min(n, (t + 1) * per)
+        for i0 in range(t * per, hi, _LOGISTIC_BLOCK):
+            m = min(_LOGISTIC_BLOCK, hi - i0)
+            zb = zs[:m]
+            for b in range(m):
+                z = zero
+                for j in range(d):
+                    z += X[i0 + b, j] * w[j]
+                zb[b] = z
+            lb = ls[:m]
+            rb = rs[:m]
+            _logistic_terms(zb, y[i0 : i0 + m], lb, rb)
+            for b in range(m):
+                loss += lb[b]
+                r = rb[b]
+                for j in range(d):
+                    g[j] += r * X[i0 + b, j]
         loss_parts[t] = loss
 
 
