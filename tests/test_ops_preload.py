@@ -75,7 +75,8 @@ def worker_state() -> dict[str, Any]:
         from ctrlstack.ops.preload import preload_report
 
         state["report"] = preload_report()
-        state["group_sum_signatures"] = len(grouped._g_sum.signatures)
+        # A one-thread worker (Numba pool of one) only ever runs the serial driver.
+        state["group_sum_signatures"] = len(grouped._g_sum_serial.signatures)
     return state
 
 

@@ -121,7 +121,7 @@ def _moving(name: str) -> Callable[[], None]:
         for dt in _DTYPES:
             one, rows = _series(dt)
             fn(one, 5)  # a short row: the one-task path
-            fn(rows, 5)  # the parallel driver (several workers) ...
+            fn(rows, 5, threads=2)  # the parallel driver (several workers), whatever the budget ...
             fn(rows, 5, threads=1)  # ... and the serial one
 
     return run
@@ -134,8 +134,10 @@ def _grouped(name: str) -> Callable[[], None]:
         fn = getattr(grouped, name)
         labels = np.arange(200) % 7
         for dt in _DTYPES:
-            for a in _series(dt):
-                fn(a, labels, 7)
+            one, rows = _series(dt)
+            fn(one, labels, 7)  # one task: the serial driver
+            fn(rows, labels, 7, threads=2)  # the parallel driver, whatever the thread budget
+            fn(rows, labels, 7, threads=1)
 
     return run
 
