@@ -15,6 +15,8 @@ stops vectorisation).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -35,6 +37,21 @@ EXP_MIN = -708.0
 _SQRT2_M1 = 0.41421356237309515
 
 
+#: e**r: Taylor coefficients 1/k!, k = 13 down to 0 (Horner order)
+_EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13, -1, -1))
+#: atanh(t) / t as a series in t**2: 1/(2k+1), k = 10 down to 0
+_ATANH_SERIES = tuple(1.0 / (2 * k + 1) for k in range(10, -1, -1))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _horner(x, coeffs):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``sum coeffs[i] x**(n - 1 - i)`` (highest power first); a constant tuple unrolls."""
+    p = coeffs[0]
+    for c in coeffs[1:]:
+        p = p * x + c
+    return p
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def exp_nonpos(a):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``e**a`` for ``a <= 0``; below ``EXP_MIN`` it returns ``e**EXP_MIN`` (~3.3e-308).
@@ -49,20 +66,7 @@ def exp_nonpos(a):  # type: ignore[no-untyped-def]  # pragma: no cover
     nf = t - _SHIFTER
     n = f64_bits(t) - _SHIFTER_BITS  # type: ignore[call-arg]  # an intrinsic: typingctx is Numba's
     r = (a - nf * _LN2_HI) - nf * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _horner(r, _EXP_TAYLOR)
     return p * bits_f64((n + 1023) << 52)
 
 
@@ -78,15 +82,5 @@ def log1p_unit(e):  # type: ignore[no-untyped-def]  # pragma: no cover
     big = np.float64(e > _SQRT2_M1)
     t = (e - big) / (e + 2.0 + big)
     t2 = t * t
-    q = 1.0 / 21.0
-    q = q * t2 + 1.0 / 19.0
-    q = q * t2 + 1.0 / 17.0
-    q = q * t2 + 1.0 / 15.0
-    q = q * t2 + 1.0 / 13.0
-    q = q * t2 + 1.0 / 11.0
-    q = q * t2 + 1.0 / 9.0
-    q = q * t2 + 1.0 / 7.0
-    q = q * t2 + 1.0 / 5.0
-    q = q * t2 + 1.0 / 3.0
-    q = q * t2 + 1.0
+    q = _horner(t2, _ATANH_SERIES)
     return _LN2 * big + 2.0 * t * q

@@ -113,6 +113,24 @@ def _two_sum(a, b):  # type: ignore[no-untyped-def]  # pragma: no cover
     return s, e
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _walk(xin, xout, os, lo, hi, s, c, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The running sum over ``lo:hi`` one value at a time, NaN-aware and branch-free.
+
+    The loop for rows with many NaNs, and the branchy loop's steps that hold a NaN and its
+    last few values.  Returns the new ``(sum, count)``.
+    """
+    for i in range(lo, hi):
+        v = xin[i]
+        u = xout[i]
+        ok = _ok(v)
+        ok_u = _ok(u)
+        s += (v if ok else 0.0) - (u if ok_u else 0.0)
+        c += int(ok) - int(ok_u)
+        os[i] = s * scale[numba.uint64(c)]  # unsigned: no wraparound code
+    return s, c
+
+
 #: When the branchy running-sum loop runs: a segment takes it when fewer than one in
 #: ``_NAN_SHARE`` of its first ``_NAN_SAMPLE`` values is NaN (each NaN entering or leaving the
 #: window is a likely mispredicted branch there; the branch-free loop does not care).
@@ -175,7 +193,7 @@ def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untype
         # sum's dependency chain is one add per four values instead of one per value (the
         # add latency bounded this loop at about 0.85 ns/value).  One test per step: the
         # sum of the four differences is NaN iff one of them is (or inf - inf met, which the
-        # exact per-value step below handles too).
+        # exact per-value walk handles too).
         f = scale[c]
         n4 = xin.shape[0] // 4
         for b in range(n4):
@@ -194,37 +212,11 @@ def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untype
                 s += p3
                 os[i + 3] = s * f
             else:
-                for q in range(i, i + 4):
-                    v = xin[q]
-                    u = xout[q]
-                    ok = _ok(v)
-                    ok_u = _ok(u)
-                    s += (v if ok else 0.0) - (u if ok_u else 0.0)
-                    c += int(ok) - int(ok_u)
-                    os[q] = s * scale[c]
+                s, c = _walk(xin, xout, os, i, i + 4, s, c, scale)
                 f = scale[c]
-        for i in range(4 * n4, xin.shape[0]):
-            v = xin[i]
-            u = xout[i]
-            d = v - u
-            if d == d:  # noqa: PLR0124
-                s += d
-            else:
-                ok = _ok(v)
-                ok_u = _ok(u)
-                s += (v if ok else 0.0) - (u if ok_u else 0.0)
-                c += int(ok) - int(ok_u)
-                f = scale[c]
-            os[i] = s * f
+        s, c = _walk(xin, xout, os, 4 * n4, xin.shape[0], s, c, scale)  # the last 0-3
     else:
-        for i in range(xin.shape[0]):
-            v = xin[i]
-            u = xout[i]
-            ok = _ok(v)
-            ok_u = _ok(u)
-            s += (v if ok else 0.0) - (u if ok_u else 0.0)
-            c += int(ok) - int(ok_u)
-            os[i] = s * scale[numba.uint64(c)]  # unsigned: no wraparound code
+        s, c = _walk(xin, xout, os, 0, xin.shape[0], s, c, scale)
     if not np.isfinite(s):
         _sum_task_inf(x, o, start, stop, w, min_count, scale)
         return
