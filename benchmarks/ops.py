@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/ops.py [--family clustering,linear] [--quick] [--markdown]
                              [--threads 1,2] [--no-compile] [--keep-openblas-env]
+                             [--isa avx2]
 
 What it prints (the table recorded in ``docs/benchmarks.md``):
 
@@ -35,6 +36,16 @@ slower GEMM kernel (perf.md: ~29 vs ~37 GFLOP/s).  The references would then be 
 this script removes both variables from *its own* environment before NumPy loads OpenBLAS (and
 from the compile-latency subprocesses it starts), and says so in the header.  Nothing else is
 changed; ``--keep-openblas-env`` keeps them.
+
+**``--isa avx2``: AVX2 code on an AVX-512 machine.**  Issue 11 asks for every kernel to win on
+both CPU kinds (AVX-512 and AVX2) without tuning to one; when only an AVX-512 machine is at
+hand, this flag makes *both sides* generate and dispatch AVX2 code before anything is loaded:
+Numba (ours and numbagg) compiles for ``NUMBA_CPU_NAME`` (``znver3`` on AMD, ``skylake`` on
+Intel) with the host's features minus every ``avx512*``, with its own on-disk cache; NumPy's
+dispatch drops its AVX-512 targets (``NPY_DISABLE_CPU_FEATURES``); OpenBLAS (NumPy's, SciPy's,
+scikit-learn's) runs its Haswell kernels (``OPENBLAS_CORETYPE``); bottleneck and pandas have
+no AVX-512 paths.  It is a proxy for the *code* an AVX2 machine runs, not for that machine's
+latencies and caches: record such runs as such.  The header says what was set.
 """
 
 from __future__ import annotations
@@ -60,15 +71,60 @@ def _apply_openblas_policy(argv: list[str]) -> str:
 
 OPENBLAS_NOTE = _apply_openblas_policy(sys.argv)
 
+
+def _numpy_avx512_targets() -> str:
+    """NumPy's AVX-512 dispatch targets, asked of a child (NumPy must not load here yet)."""
+    code = (
+        "from numpy._core._multiarray_umath import __cpu_dispatch__ as d;"
+        "print(' '.join(t for t in d if 'AVX512' in t or t == 'X86_V4'))"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def _apply_isa_policy(argv: list[str]) -> str:
+    """``--isa avx2``: make Numba, NumPy and OpenBLAS use AVX2 code (before NumPy loads)."""
+    if "--isa" not in argv:
+        return "host (no --isa)"
+    i = argv.index("--isa")
+    isa = argv[i + 1] if i + 1 < len(argv) else ""
+    if isa != "avx2":
+        sys.exit(f"ops.py: --isa {isa!r} is not supported; allowed: avx2")
+    import llvmlite.binding as ll
+
+    amd = "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
+    flags = ll.get_host_cpu_features()
+    os.environ["NUMBA_CPU_NAME"] = "znver3" if amd else "skylake"
+    os.environ["NUMBA_CPU_FEATURES"] = ",".join(
+        ("-" if k.startswith("avx512") or k == "evex512" or not on else "+") + k
+        for k, on in flags.items()
+    )
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), "ctrlstack-bench-avx2-cache"
+    )
+    os.environ["NPY_DISABLE_CPU_FEATURES"] = _numpy_avx512_targets()
+    os.environ["OPENBLAS_CORETYPE"] = "Zen" if amd else "Haswell"
+    return (
+        f"AVX2 proxy (--isa avx2): NUMBA_CPU_NAME={os.environ['NUMBA_CPU_NAME']} without avx512*, "
+        f"NPY_DISABLE_CPU_FEATURES={os.environ['NPY_DISABLE_CPU_FEATURES']!r}, "
+        f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}"
+    )
+
+
+import tempfile
+from pathlib import Path
+
+ISA_NOTE = _apply_isa_policy(sys.argv)
+
 import argparse
 import inspect
 import json
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +220,7 @@ def machine_header() -> list[tuple[str, str]]:
         ("OpenMP runtimes", "; ".join(openmp) or "none loaded yet"),
         ("numba threading layer", _threading_layer(numba)),
         ("OpenBLAS env", OPENBLAS_NOTE),
+        ("instruction set", ISA_NOTE),
     ]
 
 
@@ -404,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts to run (default 1,2)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile section")
     parser.add_argument("--keep-openblas-env", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--isa", choices=("avx2",), help="AVX2 code on an AVX-512 machine (both sides; see top)"
+    )
     args = parser.parse_args(argv)
     families = set(args.family.split(",")) if args.family else None
     allowed = len(os.sched_getaffinity(0))
