@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ctrlstack.ops._aligned import line_rows, zeros
 from ctrlstack.ops._check import as_float_array, check_positive_int
 from ctrlstack.ops._simd import WIDTH, argmin_width
 from ctrlstack.ops._tiles import run_tiles
@@ -235,8 +236,10 @@ def estep(
     rows = _tile_rows(d, kp, X.dtype.itemsize)
     n_tiles = -(-n // rows)
     slots = max(1, min(threads, n_tiles))
-    sums = np.zeros((slots, k, d))
-    counts = np.zeros((slots, k), dtype=np.int64)
+    # Each slot's partials on lines of their own (see ._aligned): every row adds itself to
+    # ``sums`` in vector steps.
+    sums = line_rows(slots, k * d)
+    counts = line_rows(slots, k, np.int64)
     changed = [0] * slots
     scratch: list[tuple[np.ndarray, ...] | None] = [None] * slots
 
@@ -244,8 +247,8 @@ def estep(
         bufs = scratch[slot]
         if bufs is None:  # allocated (first touched) by the thread that uses it
             bufs = (
-                np.empty((rows if mean_x is not None else 0, d), dtype=X.dtype),
-                np.empty((rows, kp), dtype=X.dtype),
+                zeros((rows if mean_x is not None else 0, d), X.dtype),
+                zeros((rows, kp), X.dtype),  # argmin_width reads it in WIDTH-wide steps
             )
             scratch[slot] = bufs
         xc, dist = bufs
@@ -258,10 +261,11 @@ def estep(
             _centre_rows(X, start, mean_x, xt)
         dt = dist[:nr]
         np.matmul(xt, c2t, out=dt)
-        changed[slot] += _assign_rows(X, start, dt, cnp, labels, sums[slot], counts[slot], update)
+        sums_s = sums[slot, : k * d].reshape(k, d)
+        changed[slot] += _assign_rows(X, start, dt, cnp, labels, sums_s, counts[slot], update)
 
     run_tiles(n_tiles, slots, body)
-    return sums.sum(axis=0), counts.sum(axis=0), sum(changed)
+    return sums[:, : k * d].sum(axis=0).reshape(k, d), counts[:, :k].sum(axis=0), sum(changed)
 
 
 def inertia(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, threads: int) -> float:

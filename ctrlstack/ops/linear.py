@@ -25,6 +25,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ctrlstack.ops._aligned import line_rows
 from ctrlstack.ops._check import as_float_array, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
@@ -69,6 +70,9 @@ def _logistic_terms(zb, yb, lb, rb):  # type: ignore[no-untyped-def]  # pragma: 
 @numba.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
 def _logistic(X, y, w, consts, grad_parts, loss_parts):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Per slot: ``sum_i log(1 + e^z_i) - y_i z_i`` and ``sum_i (sigmoid(z_i) - y_i) x_i``.
+
+    ``grad_parts`` is (slots, >= d), each row on its own cache line (:mod:`._aligned`): the
+    gradient partial is rewritten for every row of ``X``, and a misaligned one cost 1.5x.
 
     Blocks of ``_LOGISTIC_BLOCK`` rows, in three steps so that each is a loop LLVM vectorises:
     the dot products ``z = X w`` (in the data dtype), the loss and residual terms in float64
@@ -206,10 +210,10 @@ def _logistic_sums(
     consts = np.array([0, 1], dtype=X.dtype)
     with kernel_threads(threads) as nt:
         n_slots = max(1, min(nt, X.shape[0]))
-        grad_parts = np.zeros((n_slots, d))
+        grad_parts = line_rows(n_slots, d)
         loss_parts = np.zeros(n_slots)
         _logistic(X, y, w, consts, grad_parts, loss_parts)
-    return float(loss_parts.sum()), grad_parts.sum(axis=0)
+    return float(loss_parts.sum()), grad_parts[:, :d].sum(axis=0)
 
 
 def _check_l2(l2: Any) -> float:

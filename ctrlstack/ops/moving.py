@@ -56,6 +56,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import (
     as_real_array,
     check_out,
@@ -1004,8 +1005,9 @@ def _run_numpy(
                 guard,
                 st,
                 chunk,
-                np.empty((workers, 3, _SUB), dtype=np.float64),
-                np.empty((workers, _SUB), dtype=np.int64),
+                # line-aligned: passes (A)-(C) stream through these rows in vector steps
+                aligned.empty((workers, 3, _SUB), np.float64),
+                aligned.empty((workers, _SUB), np.int64),
             )
     if tmp:
         np.moveaxis(out, ax, -1)[...] = o2.reshape(moved.shape)
