@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ctrlstack.ops._aligned import line_rows, zeros
+from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, check_positive_int
 from ctrlstack.ops._simd import WIDTH, argmin_width
 from ctrlstack.ops._tiles import run_tiles
@@ -238,8 +238,8 @@ def estep(
     slots = max(1, min(threads, n_tiles))
     # Each slot's partials on lines of their own (see ._aligned): every row adds itself to
     # ``sums`` in vector steps.
-    sums = line_rows(slots, k * d)
-    counts = line_rows(slots, k, np.int64)
+    sums = aligned.line_rows(slots, k * d)
+    counts = aligned.line_rows(slots, k, np.int64)
     changed = [0] * slots
     scratch: list[tuple[np.ndarray, ...] | None] = [None] * slots
 
@@ -247,8 +247,8 @@ def estep(
         bufs = scratch[slot]
         if bufs is None:  # allocated (first touched) by the thread that uses it
             bufs = (
-                zeros((rows if mean_x is not None else 0, d), X.dtype),
-                zeros((rows, kp), X.dtype),  # argmin_width reads it in WIDTH-wide steps
+                aligned.empty((rows if mean_x is not None else 0, d), X.dtype),
+                aligned.empty((rows, kp), X.dtype),  # argmin_width reads it in WIDTH-wide steps
             )
             scratch[slot] = bufs
         xc, dist = bufs

@@ -22,6 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, check_positive_int, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows
 from ctrlstack.ops._runtime import kernel_threads
@@ -421,7 +422,7 @@ def _knn_tiles(
         bufs = scratch[slot]
         if bufs is None:  # allocated (first touched) by the thread that uses it
             bufs = (
-                np.empty((block, tile), dtype=Xa.dtype),
+                aligned.empty((block, tile), Xa.dtype),  # screened in vector steps
                 np.empty((block, k)),
                 np.empty((block, k)),
                 np.zeros(block, dtype=np.int64),

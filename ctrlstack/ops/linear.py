@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ctrlstack.ops._aligned import line_rows
+from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
@@ -210,7 +210,7 @@ def _logistic_sums(
     consts = np.array([0, 1], dtype=X.dtype)
     with kernel_threads(threads) as nt:
         n_slots = max(1, min(nt, X.shape[0]))
-        grad_parts = line_rows(n_slots, d)
+        grad_parts = aligned.line_rows(n_slots, d)
         loss_parts = np.zeros(n_slots)
         _logistic(X, y, w, consts, grad_parts, loss_parts)
     return float(loss_parts.sum()), grad_parts[:, :d].sum(axis=0)
@@ -393,7 +393,11 @@ def _mlp_numpy(
         def body(slot: int, b: int) -> None:
             bufs = scratch[slot]
             if bufs is None:  # allocated (first touched) by the thread that uses it
-                bufs = (np.empty(block * width, X.dtype), np.empty(block * width, X.dtype))
+                # line-aligned: the activation pass rewrites them in vector steps
+                bufs = (
+                    aligned.empty(block * width, X.dtype),
+                    aligned.empty(block * width, X.dtype),
+                )
                 scratch[slot] = bufs
             s = b * block
             e = min(s + block, n)
