@@ -77,6 +77,8 @@ _MIN_SEGMENT = 1 << 16
 # one neighbour in ``_REPEAT_SHARE`` repeats its label.  Four lanes were slower (17.3 ms).
 
 _LANES = 2
+#: Ranges shorter than this count in int32 in the one-lane loop (no count can overflow).
+_COUNT32_SPAN = 1 << 31
 #: Sample (values) of a segment's labels inspected to choose one or two accumulator lanes.
 _LANE_SAMPLE = 1024
 #: Two lanes when at least one in this many sampled neighbours repeats its label.
@@ -105,15 +107,33 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
     """
     bad = False
     if count:
-        for j in range(xs.shape[0]):
-            g = numba.uint64(ls[j])
-            if g >= ung:
-                bad = True
-                continue
-            v = xs[j]
-            if not np.isnan(v):
-                s0[g] += v
-                c0[g] += 1
+        # Counts in int32 (half the cache footprint of int64, and a cheaper read-modify-write)
+        # when the range is too short for one to overflow: 8.51 -> 8.13 ms for 1e7 values,
+        # 1000 groups, numbagg 8.57 (Zen 4, AVX-512 and AVX2 code alike, scratch copies, best
+        # of 12).  Flushing int32 counts every 2**30 values instead measured slower (9.4 ms).
+        if xs.shape[0] < _COUNT32_SPAN:
+            c32 = np.zeros(c0.shape[0], dtype=np.int32)
+            for j in range(xs.shape[0]):
+                g = numba.uint64(ls[j])
+                if g >= ung:
+                    bad = True
+                    continue
+                v = xs[j]
+                if not np.isnan(v):
+                    s0[g] += v
+                    c32[g] += 1
+            for g in range(c32.shape[0]):
+                c0[g] += c32[g]
+        else:
+            for j in range(xs.shape[0]):
+                g = numba.uint64(ls[j])
+                if g >= ung:
+                    bad = True
+                    continue
+                v = xs[j]
+                if not np.isnan(v):
+                    s0[g] += v
+                    c0[g] += 1
     else:
         # Sums only: two values per step, one label test for both (their max), and NaN
         # replaced by 0.0 instead of a branch.  Fewer instructions per value: 7.7 against
