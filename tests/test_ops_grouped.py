@@ -485,3 +485,40 @@ def test_inside_a_multithreaded_dask_worker() -> None:
     for errs in results:
         assert errs[0] == 0.0
         assert max(errs) < 1e-9
+
+
+def test_int32_and_int64_counting_loops_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-lane loop counts in int32 below ``_COUNT32_SPAN`` values and in int64 above.
+
+    The int64 branch needs 2**31 values to be reached compiled, so both branches run here as
+    the Python function (``py_func``), with the span lowered to force the int64 one.
+    """
+    import numba
+
+    from ctrlstack.ops import grouped
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(300)
+    x[::7] = np.nan
+    lab = rng.integers(0, 5, 300)
+    lab[3] = 9  # an invalid label: flagged, skipped
+    loop = grouped._sum_one_lane.py_func
+
+    def run() -> tuple[bool, np.ndarray, np.ndarray]:
+        s = np.zeros(5)
+        c = np.zeros(5, np.int64)
+        bad = loop(x, lab, numba.uint64(5), s, c, True)
+        return bool(bad), s, c
+
+    bad32, s32, c32 = run()
+    monkeypatch.setattr(grouped, "_COUNT32_SPAN", 0)
+    bad64, s64, c64 = run()
+    ok = ~np.isnan(x) & (lab < 5)
+    want_c = np.bincount(lab[ok], minlength=5)
+    want_s = np.bincount(lab[ok], weights=x[ok], minlength=5)
+    assert bad32
+    assert bad64
+    np.testing.assert_array_equal(c32, want_c)
+    np.testing.assert_array_equal(c64, want_c)
+    np.testing.assert_allclose(s32, want_s, rtol=1e-12)
+    np.testing.assert_array_equal(s64, s32)
