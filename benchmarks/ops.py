@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 _OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -86,10 +88,13 @@ def _numpy_avx512_targets() -> str:
 
 def _apply_isa_policy(argv: list[str]) -> str:
     """``--isa avx2``: make Numba, NumPy and OpenBLAS use AVX2 code (before NumPy loads)."""
-    if "--isa" not in argv:
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--isa=")]
+    if "--isa" in argv:
+        i = argv.index("--isa")
+        given.append(argv[i + 1] if i + 1 < len(argv) else "")
+    if not given:
         return "host (no --isa)"
-    i = argv.index("--isa")
-    isa = argv[i + 1] if i + 1 < len(argv) else ""
+    isa = given[-1]
     if isa != "avx2":
         sys.exit(f"ops.py: --isa {isa!r} is not supported; allowed: avx2")
     import llvmlite.binding as ll
@@ -112,9 +117,6 @@ def _apply_isa_policy(argv: list[str]) -> str:
         f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}"
     )
 
-
-import tempfile
-from pathlib import Path
 
 ISA_NOTE = _apply_isa_policy(sys.argv)
 

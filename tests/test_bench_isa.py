@@ -53,6 +53,13 @@ def test_avx2_proxy_removes_every_avx512_feature_before_numpy_loads() -> None:
     assert got["note"].startswith("AVX2 proxy")
 
 
+def test_equals_form_is_read_too() -> None:
+    done = _probe("--isa=avx2")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["note"].startswith("AVX2 proxy")
+
+
 def test_without_isa_nothing_is_set() -> None:
     done = _probe()
     assert done.returncode == 0, done.stderr
