@@ -10,16 +10,14 @@ from ctrlstack.ops import _aligned
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
 @pytest.mark.parametrize("shape", [1, 7, (3, 5), (2, 3, 512)])
-def test_zeros_and_empty_start_on_a_line_with_the_asked_shape(shape: object, dtype: type) -> None:
-    for make in (_aligned.zeros, _aligned.empty):
-        for _ in range(8):  # malloc would give 16-byte alignment most of these times
-            a = make(shape, dtype)  # type: ignore[arg-type]
-            assert a.ctypes.data % _aligned.LINE == 0
-            assert a.shape == ((shape,) if isinstance(shape, int) else shape)
-            assert a.dtype == np.dtype(dtype)
-            assert a.flags.c_contiguous
-            assert a.flags.writeable
-    assert not _aligned.zeros(shape, dtype).any()  # type: ignore[arg-type]
+def test_empty_starts_on_a_line_with_the_asked_shape(shape: object, dtype: type) -> None:
+    for _ in range(8):  # malloc would give 16-byte alignment most of these times
+        a = _aligned.empty(shape, dtype)  # type: ignore[arg-type]
+        assert a.ctypes.data % _aligned.LINE == 0
+        assert a.shape == ((shape,) if isinstance(shape, int) else shape)
+        assert a.dtype == np.dtype(dtype)
+        assert a.flags.c_contiguous
+        assert a.flags.writeable
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LINE", "empty", "line_rows", "zeros"]
+__all__ = ["LINE", "empty", "line_rows"]
 
 #: Bytes per cache line on the CPUs this project runs on (x86-64; also most arm64 cores).
 LINE = 64
@@ -30,22 +30,13 @@ def _aligned_flat(nbytes: int, dtype: np.dtype, zero: bool = True) -> np.ndarray
     return raw[off : off + nbytes].view(dtype)
 
 
-def _shaped(shape: int | tuple[int, ...], dtype: Any, zero: bool) -> np.ndarray:
-    dt = np.dtype(dtype)
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    count = int(np.prod(dims, dtype=np.int64))
-    return _aligned_flat(count * dt.itemsize, dt, zero).reshape(dims)
-
-
-def zeros(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
-    """``np.zeros(shape, dtype)``, C-contiguous, with its data starting on a cache line."""
-    return _shaped(shape, dtype, True)
-
-
 def empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
     """``np.empty(shape, dtype)`` starting on a cache line; its pages stay untouched until used,
     so a large output is first touched by the kernel threads that write it."""
-    return _shaped(shape, dtype, False)
+    dt = np.dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod(dims, dtype=np.int64))
+    return _aligned_flat(count * dt.itemsize, dt, zero=False).reshape(dims)
 
 
 def line_rows(rows: int, width: int, dtype: Any = np.float64) -> np.ndarray:
