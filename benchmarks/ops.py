@@ -51,6 +51,7 @@ latencies and caches: record such runs as such.  The header says what was set.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -80,8 +81,6 @@ def _numpy_avx512_targets() -> str:
         "from numpy._core._multiarray_umath import __cpu_dispatch__ as d;"
         "print(' '.join(t for t in d if 'AVX512' in t or t == 'X86_V4'))"
     )
-    import subprocess
-
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     return done.stdout.strip()
 
@@ -124,7 +123,6 @@ import argparse
 import inspect
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
