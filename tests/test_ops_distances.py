@@ -208,3 +208,46 @@ def test_knn_across_several_y_tiles() -> None:
     assert not (self_i == np.arange(700)[:, None]).any()
     assert self_i[100, 0] == 600
     assert self_i[600, 0] == 100
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_below_mask_and_lowest_bit_match_numpy(dtype: Any) -> None:
+    import numba
+
+    from ctrlstack.ops._simd import MASK_WIDTH, below_mask, lowest_bit
+
+    @numba.njit
+    def set_bits(row: np.ndarray, off: int, bound: float) -> np.ndarray:
+        m = below_mask(row, off, bound)
+        out = np.zeros(MASK_WIDTH, dtype=np.bool_)
+        while m != 0:
+            out[lowest_bit(m)] = True
+            m &= m - 1
+        return out
+
+    rng = np.random.default_rng(11)
+    row = rng.integers(0, 8, size=3 * MASK_WIDTH).astype(dtype)
+    row[5] = np.nan  # NaN is never below
+    for off, bound in ((0, 3.0), (MASK_WIDTH + 7, 0.5), (2 * MASK_WIDTH, 100.0), (1, -1.0)):
+        expected = row[off : off + MASK_WIDTH] < bound
+        np.testing.assert_array_equal(set_bits(row, off, bound), expected)
+    # float32 values against a float64 bound between two float32 neighbours: compared exactly
+    f32 = np.full(MASK_WIDTH, 1.0, dtype=np.float32)
+    if dtype == np.float32:
+        assert set_bits(f32, 0, 1.0 + 1e-12).all()
+        assert not set_bits(f32, 0, 1.0).any()
+
+
+def test_knn_with_many_hits_per_screen_block() -> None:
+    # Keys falling steadily down the row make every candidate a hit of its screen block:
+    # each one must be inserted, in index order, whatever the block boundaries.
+    n = 5 * 64 + 13
+    Y = np.linspace(10.0, 0.0, n)[:, None]
+    X = np.zeros((3, 1))
+    d, i = knn(X, Y, 9)
+    assert i[0].tolist() == list(range(n - 1, n - 10, -1))
+    np.testing.assert_allclose(d[0], Y[n - 1 : n - 10 : -1, 0])
+    Y32 = Y.astype(np.float32)
+    d32, i32 = knn(X.astype(np.float32), Y32, 9)
+    assert i32[0].tolist() == i[0].tolist()
+    np.testing.assert_allclose(d32[0], Y32[n - 1 : n - 10 : -1, 0])

@@ -16,10 +16,21 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["WIDTH", "add_record4", "argmin_width", "bits_f64", "f64_bits"]
+__all__ = [
+    "MASK_WIDTH",
+    "WIDTH",
+    "add_record4",
+    "argmin_width",
+    "below_mask",
+    "bits_f64",
+    "f64_bits",
+    "lowest_bit",
+]
 
 #: Values per vector step of :func:`argmin_width`; callers pad their rows to a multiple of it.
 WIDTH = 16
+#: Values screened by one :func:`below_mask` (one bit each of an int64).
+MASK_WIDTH = 64
 
 
 @intrinsic
@@ -154,3 +165,76 @@ def bits_f64(typingctx: Any, i: Any) -> Any:  # pragma: no cover - compiled
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _below_mask(
+    typingctx: Any, row: Any, off: Any, bound: Any
+) -> Any:  # pragma: no cover - compiled
+    """Bit ``i`` of the int64 result is set where ``row[off + i] < bound`` (``i < MASK_WIDTH``).
+
+    Why: a top-k merge screens candidates against the current k-th.  A scalar walk over a
+    block with a hit costs a compare and a branch per candidate; this mask is one vector
+    compare per register and a move of the compare bits, and the caller visits only the set
+    bits (:func:`lowest_bit`).  NaN compares false, as ``<`` does.  The compare is done in
+    the wider of the two types (float32 values against a float64 bound are widened, exactly).  ``row`` must be 1-D,
+    contiguous, float32 or float64, and hold ``MASK_WIDTH`` values from ``off`` (not checked:
+    callers do the tail with a scalar loop).
+    """
+    if not (
+        isinstance(row, types.Array)
+        and row.ndim == 1
+        and row.layout in ("C", "A")
+        and row.dtype in (types.float32, types.float64)
+        and isinstance(off, types.Integer)
+        and isinstance(bound, types.Float)
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        rowty = sig.args[0]
+        fty = context.get_value_type(rowty.dtype)
+        vty = ir.VectorType(fty, MASK_WIDTH)
+        arr = context.make_array(rowty)(context, builder, args[0])
+        oi = context.cast(builder, args[1], sig.args[1], types.intp)
+        p = cgutils.get_item_pointer(context, builder, rowty, arr, [oi], wraparound=False)
+        v = builder.load(builder.bitcast(p, vty.as_pointer()), align=context.get_abi_sizeof(fty))
+        cmpty = sig.args[2]
+        if cmpty.bitwidth > rowty.dtype.bitwidth:  # float32 values, float64 bound: exact widening
+            vty = ir.VectorType(context.get_value_type(cmpty), MASK_WIDTH)
+            v = builder.fpext(v, vty)
+        else:
+            cmpty = rowty.dtype
+        b = context.cast(builder, args[2], sig.args[2], cmpty)
+        undef = ir.Constant(vty, ir.Undefined)
+        first = builder.insert_element(undef, b, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(
+            first, undef, ir.Constant(ir.VectorType(ir.IntType(32), MASK_WIDTH), [0] * MASK_WIDTH)
+        )
+        return builder.bitcast(builder.fcmp_ordered("<", v, splat), ir.IntType(64))
+
+    return types.int64(row, off, bound), codegen
+
+
+#: ``below_mask(row, off, bound)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
+below_mask: Any = _below_mask
+
+
+@intrinsic
+def _lowest_bit(typingctx: Any, m: Any) -> Any:  # pragma: no cover - compiled
+    """Index of the lowest set bit of int64 ``m`` (64 for ``m == 0``): one ``tzcnt``."""
+    if m != types.int64:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        i64 = ir.IntType(64)
+        cttz = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64"
+        )
+        return builder.call(cttz, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+    return types.int64(types.int64), codegen
+
+
+#: ``lowest_bit(m)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
+lowest_bit: Any = _lowest_bit
