@@ -320,6 +320,19 @@ def test_one_row_fast_path_equals_the_driver(
         KERNELS[name](a, 100, threads=0)
 
 
+def test_one_row_path_by_dtype_identity_leaves_other_descriptors_to_the_driver() -> None:
+    """The one-row path tests the dtype by identity; equal or byte-swapped ones still work."""
+    a = with_nans((5000,), frac=0.01)
+    base = moving_std(a, 50, min_count=3)
+    tagged = a.view(np.dtype(np.float64, metadata={"unit": "m"}))  # equal, a distinct object
+    assert tagged.dtype is not a.dtype
+    np.testing.assert_array_equal(moving_std(tagged, 50, min_count=3), base)
+    swapped = a.astype(a.dtype.newbyteorder())
+    np.testing.assert_allclose(moving_std(swapped, 50, min_count=3), base, rtol=1e-12)
+    with pytest.raises(TypeError, match="window"):
+        moving_std(a, np.True_)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "as_float_array",
     "as_real_array",
+    "as_real_lazy",
     "check_out",
     "check_positive_int",
     "normalize_axis",
@@ -32,9 +33,13 @@ def as_real_array(x: Any, name: str, *, allow_int: bool = True) -> np.ndarray:
 
     float16, bool and complex are rejected rather than silently converted: the kernels
     accumulate in float64 and a silent upcast would hide a copy of the caller's (possibly huge)
-    array.  The message names the argument and says how to fix it.
+    array.  The message names the argument and says how to fix it.  Byte-swapped input (a
+    big-endian file read with ``np.fromfile``, say) comes back in native order, as a copy: the
+    compiled kernels take native numbers only.
     """
     arr = np.asarray(x)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     kind = arr.dtype.kind
     ok_float = kind == "f" and arr.dtype.itemsize in (4, 8)
     ok_int = allow_int and kind in "iu"
@@ -44,6 +49,16 @@ def as_real_array(x: Any, name: str, *, allow_int: bool = True) -> np.ndarray:
             f"{name} must hold {allowed}, got dtype {arr.dtype} (cast it with .astype(np.float64))"
         )
     return arr
+
+
+def as_real_lazy(a: Any, name: str) -> Any:
+    """:func:`as_real_array`'s dtype rule for a lazy (Dask) array, without computing it.
+
+    Returns ``a``, or ``a`` cast lazily to native byte order when it is byte-swapped (the
+    blocks then reach the compiled kernels as native numbers).
+    """
+    as_real_array(np.empty(0, a.dtype), name)
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def as_float_array(
@@ -80,6 +95,8 @@ def result_dtype(*arrays: Any) -> np.dtype[Any]:
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     """Return ``value`` as an int, raising TypeError for non-integers and ValueError below minimum."""
+    if type(value) is int and value >= minimum:  # the usual case, in a tenth of the time
+        return value
     if isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:

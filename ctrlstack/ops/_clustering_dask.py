@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ctrlstack.ops import _kmeans_core as core
-from ctrlstack.ops._check import as_float_array, as_real_array
+from ctrlstack.ops._check import as_float_array, as_real_lazy
 from ctrlstack.ops._runtime import kernel_threads
 
 __all__ = ["kmeans_dask", "predict_dask"]
@@ -78,7 +78,7 @@ def kmeans_dask(
     if k > n:
         raise ValueError(f"k must be <= the number of rows of X ({n}), got {k}")
     dt = np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
-    as_real_array(np.empty(0, X.dtype), "X")  # the one dtype rule, without computing
+    X = as_real_lazy(X, "X")  # the one dtype rule, without computing
     X = X.rechunk({1: -1})
     mean_l, var_l, finite_l = X.mean(axis=0), X.var(axis=0), dask.array.isfinite(X).all()
     mean, var, finite = dask.compute(mean_l, var_l, finite_l)

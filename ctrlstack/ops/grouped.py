@@ -36,6 +36,7 @@ import numpy as np
 
 from ctrlstack.ops._check import (
     as_real_array,
+    as_real_lazy,
     check_positive_int,
     normalize_axis,
     row_segments,
@@ -755,6 +756,8 @@ def _check_labels(labels: Any, n: int) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {lab.dtype}")
+    if not lab.dtype.isnative:  # byte-swapped: the compiled loops read native integers only
+        lab = lab.astype(lab.dtype.newbyteorder("="))
     if lab.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
     if lab.shape[0] != n:
@@ -831,7 +834,7 @@ def _group_dask(
     import dask.array as da
 
     v = da.asarray(values)
-    as_real_array(np.empty(0, v.dtype), "values")  # the one dtype rule, without computing
+    v = as_real_lazy(v, "values")  # the one dtype rule, without computing
     ax = normalize_axis(axis, v.ndim)
     n = v.shape[ax]
     if is_dask(labels):

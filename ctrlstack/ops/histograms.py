@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numba
 import numpy as np
 
-from ctrlstack.ops._check import as_real_array, split
+from ctrlstack.ops._check import as_real_array, as_real_lazy, split
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["histogram", "histogram2d"]
@@ -331,7 +331,7 @@ def _histogram_dask(
     import dask.array as da
 
     a = da.asarray(a)
-    as_real_array(np.empty(0, a.dtype), "a")  # the one dtype rule, without computing
+    a = as_real_lazy(a, "a")  # the one dtype rule, without computing
     if np.ndim(bins) == 1:
         spec = _Bins(_explicit_edges(bins, "bins"), uniform=False)
     else:

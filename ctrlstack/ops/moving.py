@@ -59,6 +59,7 @@ import numpy as np
 from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import (
     as_real_array,
+    as_real_lazy,
     check_out,
     check_positive_int,
     normalize_axis,
@@ -72,8 +73,10 @@ _SUM, _MEAN, _VAR, _STD, _MIN, _MAX = range(6)
 _NAMES = {_SUM: "sum", _MEAN: "mean", _VAR: "var", _STD: "std", _MIN: "min", _MAX: "max"}
 # Segments shorter than this are not worth a separate task (each re-reads `window` values).
 _MIN_SEGMENT = 1 << 15
-#: dtypes the kernels take as they are (others are converted or refused by the general path)
-_ROW_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+#: dtypes the one-row path takes as they are, compared by identity (NumPy's builtin descriptors
+#: are singletons; any other descriptor object, even an equal one, takes the general path)
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -921,16 +924,17 @@ def _one_row(
     row needs.  Anything else (other dtypes or axes, an ``out`` that needs a check) returns
     None, and the general path gives the same results and the same errors.
     """
-    if a.ndim != 1 or a.dtype not in _ROW_DTYPES or not a.flags.c_contiguous:
+    dtype = a.dtype
+    if a.ndim != 1 or (dtype is not _F64 and dtype is not _F32) or not a.flags.c_contiguous:
         return None
     if type(axis) is not int or axis not in (0, -1):
         return None
     n = a.shape[0]
     wk = min(w, n)
-    if n == 0 or n >= 2 * _segment(wk):
+    if n == 0 or n >= 2 * max(_MIN_SEGMENT, 4 * wk):  # see _segment
         return None
     if out is None:
-        o = np.empty(n, dtype=a.dtype)
+        o = np.empty(n, dtype=dtype)
     elif (
         type(out) is np.ndarray
         and out.shape == a.shape
@@ -1061,7 +1065,7 @@ def _moving_dask(
     import dask.array as da
 
     a = da.asarray(a)
-    as_real_array(np.empty(0, a.dtype), "a")  # the one dtype rule
+    a = as_real_lazy(a, "a")  # the one dtype rule, without computing
     if a.dtype.kind in "iu":
         a = a.astype(np.float64)
     ax = normalize_axis(axis, a.ndim)

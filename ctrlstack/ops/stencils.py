@@ -26,7 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._check import as_real_array, check_out
+from ctrlstack.ops._check import as_real_array, as_real_lazy, check_out
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["heat_diffusion", "jacobi_step"]
@@ -90,8 +90,7 @@ def _step3d(u, out, alpha):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 
 def _as_field(u: Any) -> np.ndarray:
-    arr = np.asarray(u)
-    as_real_array(np.empty(0, arr.dtype), "u")  # the one dtype rule
+    arr = as_real_array(u, "u")  # the one dtype rule (and native byte order)
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     if arr.ndim not in (2, 3):
@@ -199,7 +198,7 @@ def heat_diffusion(
 
 
 def _heat_dask(u: Any, steps: int, alpha: float | None, threads: int | None) -> Any:
-    as_real_array(np.empty(0, u.dtype), "u")  # the one dtype rule
+    u = as_real_lazy(u, "u")  # the one dtype rule, without computing
     if u.dtype.kind in "iu":
         u = u.astype(np.float64)
     if u.ndim not in (2, 3):
