@@ -251,3 +251,100 @@ def test_knn_with_many_hits_per_screen_block() -> None:
     d32, i32 = knn(X.astype(np.float32), Y32, 9)
     assert i32[0].tolist() == i[0].tolist()
     np.testing.assert_allclose(d32[0], Y32[n - 1 : n - 10 : -1, 0])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_knn_register_blocked_and_blas_paths_agree(
+    metric: str, dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finite rows take the register-blocked search; the BLAS path (long or non-finite rows)
+    must find the same neighbours, with the same tie order, padding never leaking in."""
+    from ctrlstack.ops import distances
+
+    calls: list[str] = []
+    real = distances._knn_fused
+
+    def spy(*args: Any) -> None:
+        calls.append("fused")
+        real(*args)
+
+    monkeypatch.setattr(distances, "_knn_fused", spy)
+    rng = np.random.default_rng(12)
+    # 7 queries and 37 candidates: neither a multiple of the block's rows nor of its columns
+    X = rng.integers(0, 3, size=(7, 5)).astype(dtype)  # small integers: many exact ties
+    Y = rng.integers(0, 3, size=(37, 5)).astype(dtype)
+    fused = knn(X, Y, 37, metric=metric)
+    self_fused = knn(Y, k=36, metric=metric)
+    assert calls == ["fused", "fused"]
+    monkeypatch.setattr(distances, "_FUSED_MAX_DEPTH", 0)
+    blas = knn(X, Y, 37, metric=metric)
+    self_blas = knn(Y, k=36, metric=metric)
+    assert calls == ["fused", "fused"]
+    for got, want in ((fused, blas), (self_fused, self_blas)):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=ATOL[dtype])
+    # every candidate exactly once per row: no padding column, no repeat
+    assert (np.sort(fused[1], axis=1) == np.arange(37)).all()
+    assert (
+        np.sort(self_fused[1], axis=1)
+        == np.sort(np.array([[j for j in range(37) if j != i] for i in range(37)]), axis=1)
+    ).all()
+    # equal distances in increasing index order
+    d, i = fused
+    tie = (np.diff(d, axis=1) == 0) & (np.diff(i, axis=1) < 0)
+    assert not tie.any()
+
+
+def test_knn_non_finite_rows_take_the_blas_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctrlstack.ops import distances
+
+    monkeypatch.setattr(distances, "_knn_fused", None)  # calling it would raise TypeError
+    X, Y = data(20, 50, 4, seed=13)
+    Y[7, 2] = np.inf
+    d, i = knn(X, Y, 50)
+    assert (i[:, -1] == 7).all()
+    assert np.isinf(d[:, -1]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dot_block_below_matches_numpy(dtype: Any) -> None:
+    import numba
+
+    from ctrlstack.ops._simd import DOT_ROWS, dot_block_below, dot_block_cols
+
+    rows, cols, depth = DOT_ROWS, dot_block_cols(np.dtype(dtype).itemsize), 13
+
+    @numba.njit
+    def block(xp: Any, yp: Any, bound: Any, out: Any, masks: Any) -> int:
+        # the second group of each operand: offsets are honoured
+        return dot_block_below(xp, depth * rows, yp, depth * cols, depth, bound, 1, out, masks)
+
+    rng = np.random.default_rng(14)
+    X = rng.random((2 * rows, depth)).astype(dtype)
+    Y = rng.random((2 * cols, depth)).astype(dtype)
+    xp = np.ascontiguousarray(X.reshape(2, rows, depth).transpose(0, 2, 1)).ravel()
+    yp = np.ascontiguousarray(Y.reshape(2, cols, depth).transpose(0, 2, 1)).ravel()
+    want = X[rows:].astype(np.float64) @ Y[cols:].T.astype(np.float64)
+    bound = np.concatenate([[np.nan], np.median(want, axis=1)])  # read from offset 1
+    out = np.empty(rows * cols, dtype=dtype)
+    masks = np.empty(rows, dtype=np.int64)
+    total = block(xp, yp, bound, out, masks)
+    got = out.reshape(rows, cols)
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    below = got.astype(np.float64) < bound[1:, None]
+    bits = [int(sum(1 << c for c in range(cols) if below[r, c])) for r in range(rows)]
+    assert [int(m) & (2**64 - 1) for m in masks] == bits
+    assert int(total) & (2**64 - 1) == np.bitwise_or.reduce(bits)
+
+
+def test_block_width_follows_the_features_numba_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba.core import config
+
+    from ctrlstack.ops import _simd
+
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f", raising=False)
+    assert _simd._vector_bytes() == 32
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f", raising=False)
+    assert _simd._vector_bytes() == 64
+    assert _simd.dot_block_cols(8) == 2 * _simd._VECTOR_BYTES // 8

@@ -238,3 +238,144 @@ def _lowest_bit(typingctx: Any, m: Any) -> Any:  # pragma: no cover - compiled
 
 #: ``lowest_bit(m)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
 lowest_bit: Any = _lowest_bit
+
+
+def _vector_bytes() -> int:
+    """Bytes of the widest vector register Numba compiles for: 64 with AVX-512F, else 32.
+
+    Read from the features Numba targets (``NUMBA_CPU_FEATURES`` when set, the host's
+    otherwise), so code built for AVX2 on an AVX-512 host (``benchmarks/ops.py --isa avx2``)
+    gets AVX2 blocking.  Numba's cache is keyed by those features too, so a ``$HOME`` shared
+    by both CPU kinds holds one build of each.
+    """
+    from numba.core import config
+
+    features = getattr(config, "CPU_FEATURES", None)
+    if features is None:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+#: Rows of one :func:`dot_block_below` block (each holds two vectors of accumulators).
+DOT_ROWS = 4
+_VECTOR_BYTES = _vector_bytes()
+
+
+def dot_block_cols(itemsize: int) -> int:
+    """Columns of one :func:`dot_block_below` block: two vector registers of ``itemsize`` values.
+
+    ``DOT_ROWS`` x 2 accumulator registers are 8 independent FMA chains, enough to keep two
+    FMA units busy through their 4-cycle latency, and leave registers for the operands (AVX2
+    has 16): 4 x 8 float64 with AVX2, 4 x 16 with AVX-512.
+    """
+    return 2 * _VECTOR_BYTES // itemsize
+
+
+@intrinsic
+def _dot_block_below(
+    typingctx: Any,
+    xp: Any,
+    xo: Any,
+    yp: Any,
+    yo: Any,
+    depth: Any,
+    bound: Any,
+    bo: Any,
+    out: Any,
+    masks: Any,
+) -> Any:  # pragma: no cover - compiled
+    """A ``DOT_ROWS`` x ``C`` block of dot products in registers, stored with their "below" masks.
+
+    ``C = dot_block_cols(itemsize)``.  Packed operands (no strides in the inner loop):
+    ``xp[xo + t * DOT_ROWS + r]`` is row ``r``'s value ``t`` and ``yp[yo + t * C + c]`` column
+    ``c``'s, for ``t < depth``.  Sets ``out[r * C + c] = sum_t x[r, t] * y[c, t]`` (one fused
+    multiply-add per ``t``, in order), ``masks[r]`` to the bits ``c`` with
+    ``out[r * C + c] < bound[bo + r]`` (compared in float64), and returns the OR of the masks.
+
+    Why: a top-k search over ``|y|^2 - 2 x.y`` through BLAS writes every key to memory and reads
+    it back to screen it; here the keys of a block never leave the registers unless a mask bit
+    says a candidate may enter the top-k.  Written as target-independent vector IR (``llvm.fma``
+    on vectors of ``C`` values), so LLVM picks the instructions.  Arrays must be 1-D and
+    contiguous, ``xp``/``yp``/``out`` of one float dtype, ``bound`` float64, ``masks`` int64;
+    bounds are not checked (callers pad).
+    """
+    if not (
+        all(isinstance(a, types.Array) and a.ndim == 1 for a in (xp, yp, bound, out, masks))
+        and xp.dtype in (types.float32, types.float64)
+        and yp.dtype == xp.dtype
+        and out.dtype == xp.dtype
+        and bound.dtype == types.float64
+        and masks.dtype == types.int64
+        and all(isinstance(i, types.Integer) for i in (xo, yo, depth, bo))
+    ):
+        return None
+    cols = dot_block_cols(xp.dtype.bitwidth // 8)
+    rows = DOT_ROWS
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        xpty, _, ypty, _, _, bty, _, outty, mty = sig.args
+        fty = context.get_value_type(xpty.dtype)
+        dty = ir.DoubleType()
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vty = ir.VectorType(fty, cols)
+        align = context.get_abi_sizeof(fty)
+
+        def ptr(arrty: Any, arr: Any, idx: Any, idxty: Any) -> Any:
+            a = context.make_array(arrty)(context, builder, arr)
+            i = context.cast(builder, idx, idxty, types.intp)
+            return cgutils.get_item_pointer(context, builder, arrty, a, [i], wraparound=False)
+
+        def splat(value: Any, ty: Any) -> Any:
+            undef = ir.Constant(ty, ir.Undefined)
+            first = builder.insert_element(undef, value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(
+                first, undef, ir.Constant(ir.VectorType(i32, cols), [0] * cols)
+            )
+
+        px = ptr(xpty, args[0], args[1], sig.args[1])
+        py = ptr(ypty, args[2], args[3], sig.args[3])
+        depth = context.cast(builder, args[4], sig.args[4], types.intp)
+        suffix = f"v{cols}{'f32' if xpty.dtype == types.float32 else 'f64'}"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.{suffix}"
+        )
+        accs = [
+            cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * cols)) for _ in range(rows)
+        ]
+        with cgutils.for_range(builder, depth) as loop:
+            t = loop.index
+            yv = builder.load(
+                builder.bitcast(
+                    builder.gep(py, [builder.mul(t, ir.Constant(t.type, cols))]), vty.as_pointer()
+                ),
+                align=align,
+            )
+            base = builder.mul(t, ir.Constant(t.type, rows))
+            for r in range(rows):
+                xs = builder.load(builder.gep(px, [builder.add(base, ir.Constant(t.type, r))]))
+                acc = builder.call(fma, [splat(xs, vty), yv, builder.load(accs[r])])
+                builder.store(acc, accs[r])
+        pout = ptr(outty, args[7], ir.Constant(i64, 0), types.int64)
+        pb = ptr(bty, args[5], args[6], sig.args[6])
+        pm = ptr(mty, args[8], ir.Constant(i64, 0), types.int64)
+        total = ir.Constant(i64, 0)
+        wide = ir.VectorType(dty, cols)
+        for r in range(rows):
+            acc = builder.load(accs[r])
+            dst = builder.gep(pout, [ir.Constant(i64, r * cols)])
+            builder.store(acc, builder.bitcast(dst, vty.as_pointer()), align=align)
+            keys = acc if fty == dty else builder.fpext(acc, wide)
+            b = builder.load(builder.gep(pb, [ir.Constant(i64, r)]))
+            below = builder.fcmp_ordered("<", keys, splat(b, wide))
+            m = builder.zext(builder.bitcast(below, ir.IntType(cols)), i64)
+            builder.store(m, builder.gep(pm, [ir.Constant(i64, r)]))
+            total = builder.or_(total, m)
+        return total
+
+    return types.int64(xp, xo, yp, yo, depth, bound, bo, out, masks), codegen
+
+
+#: ``dot_block_below(xp, xo, yp, yo, depth, bound, bo, out, masks)`` inside ``@njit`` code.
+dot_block_below: Any = _dot_block_below

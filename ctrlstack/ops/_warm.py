@@ -64,8 +64,12 @@ def _warm_knn() -> None:
 
     for dt in _DTYPES:
         X = _rows(dt)
-        knn(X, X[:10], 2)
+        knn(X, X[:10], 2)  # finite rows: the register-blocked search
         knn(X, k=2, metric="cosine")
+        bad = X.copy()
+        bad[0, 0] = np.nan  # a non-finite row: the BLAS tiles and the direct recomputation
+        knn(bad, X[:10], 2)
+        knn(bad, k=2, metric="cosine")
 
 
 def _warm_logistic() -> None:

@@ -26,7 +26,14 @@ from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, check_positive_int, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows
 from ctrlstack.ops._runtime import kernel_threads
-from ctrlstack.ops._simd import MASK_WIDTH, below_mask, lowest_bit
+from ctrlstack.ops._simd import (
+    DOT_ROWS,
+    MASK_WIDTH,
+    below_mask,
+    dot_block_below,
+    dot_block_cols,
+    lowest_bit,
+)
 from ctrlstack.ops._tiles import run_tiles
 
 __all__ = ["METRICS", "knn", "pairwise_distances"]
@@ -37,6 +44,8 @@ _OUT_TILE_BYTES = 1 << 19  # one square output tile: about 512 KiB, in L2 on mos
 _TILE_BYTES = 1 << 18  # kNN: one tile of Y^T (d x tile) stays in L2 across a block of queries
 _KNN_BLOCK = 256  # kNN query rows per block (one GEMM of 256 x d x ~1000 per tile) ...
 _KNN_BLOCK_MIN = 128  # ... or half that when there are too few rows to keep every thread busy
+#: Longest rows (plus the norm column) the register-blocked kNN takes; BLAS does longer ones.
+_FUSED_MAX_DEPTH = 512
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +245,49 @@ def _knn_finish(s, xn, yn, metric, vals, out_i, out_d):  # type: ignore[no-untyp
                 out_d[i, q] = max(xi + v, 0.0)
 
 
+@numba.njit(cache=True, nogil=True)
+def _knn_fused_block(  # type: ignore[no-untyped-def]  # pragma: no cover
+    XP, g0, g1, m, YP, n, depth, tile_groups, same, keys, vals, out_i, filled, worst, scratch, masks
+):
+    """Top-k of query rows ``g0 * DOT_ROWS ..`` (row groups ``g0:g1``) over all packed candidates.
+
+    Keys come from :func:`~ctrlstack.ops._simd.dot_block_below` in registers (see
+    :func:`_knn_operands` for why the dot product is the key); only mask bits are visited, in
+    candidate order, so ties keep the lower index first as in :func:`_select_k`.  ``YP`` is
+    swept in tiles of ``tile_groups`` column groups that stay in L2 while every row group of
+    the block passes over them.  Padding rows (``>= m``) and columns (``>= n``) are skipped.
+    """
+    rows = DOT_ROWS
+    cols = scratch.shape[0] // rows
+    k = keys.shape[1]
+    n_groups = -(-n // cols)
+    s = g0 * rows
+    for t0 in range(0, n_groups, tile_groups):
+        t1 = min(n_groups, t0 + tile_groups)
+        for g in range(g0, g1):
+            lo = (g - g0) * rows
+            for h in range(t0, t1):
+                xo, yo = g * depth * rows, h * depth * cols
+                if dot_block_below(XP, xo, YP, yo, depth, worst, lo, scratch, masks) == 0:
+                    continue
+                for r in range(rows):
+                    i = g * rows + r
+                    if i >= m:
+                        break
+                    li = i - s
+                    mk = masks[r]
+                    while mk != 0:
+                        c = lowest_bit(mk)
+                        mk &= mk - 1
+                        j = h * cols + c
+                        fv = float(scratch[r * cols + c])
+                        if j < n and fv < keys[li, k - 1] and not (same and j == i):
+                            filled[li] = _insert(
+                                fv, fv, j, keys[li], vals[li], out_i[i], filled[li]
+                            )
+                    worst[li] = keys[li, k - 1]
+
+
 # --------------------------------------------------------------------------------------------
 # pure helpers
 
@@ -411,7 +463,14 @@ def _knn_tiles(
     out_i: np.ndarray,
     threads: int,
 ) -> None:
-    """Blocks of query rows on threads; per block, one GEMM per tile of ``Y`` then the merge."""
+    """Blocks of query rows on threads; per block, one GEMM per tile of ``Y`` then the merge.
+
+    When every row is finite and short enough, :func:`_knn_fused` does the same search with
+    no GEMM output at all.
+    """
+    if Xa.shape[1] + 1 <= _FUSED_MAX_DEPTH and np.isfinite(xn).all() and np.isfinite(yn).all():
+        _knn_fused(Xa, Ya, xn, yn, code, same, out_d, out_i, threads)
+        return
     m = Xa.shape[0]
     n = Ya.shape[0]
     k = out_d.shape[1]
@@ -448,6 +507,81 @@ def _knn_tiles(
         _knn_finish(s, xn, yn, code, vals, out_i, out_d)
 
     run_tiles(-(-m // block), threads, body)
+
+
+def _knn_fused(
+    Xa: np.ndarray,
+    Ya: np.ndarray,
+    xn: np.ndarray,
+    yn: np.ndarray,
+    code: int,
+    same: bool,
+    out_d: np.ndarray,
+    out_i: np.ndarray,
+    threads: int,
+) -> None:
+    """The top-k search with the keys made in registers (:func:`_knn_fused_block`).
+
+    Why: through BLAS, a GEMM with an inner dimension of a few dozen writes one key per 2 d
+    flops and the merge reads it back; BLAS reached 40-43 of its 53 GFLOP/s on such shapes
+    and the merge added 20-35 ms (4000 x 20000, d = 32).  The register block reaches the
+    GEMM's rate (docs/ops-ml.md, kNN).  Finite rows only: the BLAS path recomputes NaN/inf
+    rows directly.
+    """
+    m, n = Xa.shape[0], Ya.shape[0]
+    k = out_d.shape[1]
+    Xg, Yg = _knn_operands(Xa, Ya, xn, yn, code)
+    depth = Xg.shape[1]
+    rows, cols = DOT_ROWS, dot_block_cols(Xa.itemsize)
+    XP = _packed(Xg, rows, None)
+    # padding candidates get the key +inf (never below a k-th) in the euclidean family
+    YP = _packed(Yg, cols, None if code == _COSINE else np.inf)
+    tile_groups = max(1, _TILE_BYTES // (depth * cols * Xa.itemsize))
+    block = _knn_block(m, threads)
+    scratch: list[tuple[np.ndarray, ...] | None] = [None] * max(1, threads)
+
+    def body(slot: int, b: int) -> None:
+        bufs = scratch[slot]
+        if bufs is None:  # allocated (first touched) by the thread that uses it
+            bufs = (
+                np.empty((block, k)),
+                np.empty((block, k)),
+                np.empty(block, dtype=np.int64),
+                np.empty(block),
+                aligned.empty((rows * cols,), Xa.dtype),  # stored as whole vectors
+                np.empty(rows, dtype=np.int64),
+            )
+            scratch[slot] = bufs
+        keys, vals, filled, worst, keys_block, masks = bufs
+        s = b * block
+        e = min(s + block, m)
+        nr = e - s
+        keys.fill(np.inf)
+        worst.fill(np.inf)
+        filled.fill(0)
+        _knn_fused_block(
+            XP, s // rows, -(-e // rows), m, YP, n, depth, tile_groups, same,
+            keys[:nr], vals[:nr], out_i, filled[:nr], worst, keys_block, masks,
+        )  # fmt: skip
+        _knn_finish(s, xn, yn, code, vals[:nr], out_i, out_d)
+
+    run_tiles(-(-m // block), threads, body)
+
+
+def _packed(A: np.ndarray, width: int, fill_last: float | None) -> np.ndarray:
+    """Rows of ``A`` (r, depth) in groups of ``width``, each stored depth-major, flattened.
+
+    Element ``[(g * depth + t) * width + c]`` is ``A[g * width + c, t]``: the layout
+    :func:`~ctrlstack.ops._simd.dot_block_below` reads as one vector per ``t``.  Padding rows
+    are zero, with ``fill_last`` in the last column when given.
+    """
+    r, depth = A.shape
+    groups = max(1, -(-r // width))
+    P = np.zeros((groups * width, depth), dtype=A.dtype)
+    P[:r] = A
+    if fill_last is not None:
+        P[r:, -1] = fill_last
+    return np.ascontiguousarray(P.reshape(groups, width, depth).transpose(0, 2, 1)).ravel()
 
 
 def _knn_block(m: int, threads: int) -> int:
