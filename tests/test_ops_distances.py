@@ -348,3 +348,18 @@ def test_block_width_follows_the_features_numba_targets(monkeypatch: pytest.Monk
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f", raising=False)
     assert _simd._vector_bytes() == 64
     assert _simd.dot_block_cols(8) == 2 * _simd._VECTOR_BYTES // 8
+
+
+def test_pairwise_out_may_overlap_its_inputs_and_must_be_writeable() -> None:
+    X, Y = data(300, 300, 300, seed=15)  # square: out can be X or Y itself
+    want_xx = pairwise_distances(X)
+    want_xy = pairwise_distances(X, Y)
+    Xc, Yc = X.copy(), Y.copy()
+    assert pairwise_distances(Xc, out=Xc) is Xc
+    np.testing.assert_allclose(Xc, want_xx, atol=1e-12)
+    assert pairwise_distances(X, Yc, out=Yc) is Yc
+    np.testing.assert_allclose(Yc, want_xy, atol=1e-12)
+    frozen = np.empty((300, 300))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        pairwise_distances(X, out=frozen)

@@ -234,3 +234,23 @@ def test_dask_paths_are_lazy_and_match_numpy() -> None:
     np.testing.assert_allclose(
         P.compute(), mlp_forward(X, weights, biases, activation="tanh"), atol=1e-14
     )
+
+
+def test_mlp_out_may_overlap_x_and_outs_must_be_writeable() -> None:
+    rng = np.random.default_rng(16)
+    n, d = 20_000, 16  # several row blocks: later blocks read X after earlier ones are written
+    X = rng.normal(size=(n, d))
+    weights, biases = [rng.normal(size=(d, d))], [np.zeros(d)]
+    want = mlp_forward(X, weights, biases)
+    flat = np.concatenate([X.ravel(), np.zeros(d)])
+    src, dst = flat[:-d].reshape(n, d), flat[d:].reshape(n, d)  # dst is src one row on
+    assert mlp_forward(src, weights, biases, out=dst) is dst
+    np.testing.assert_allclose(dst, want, rtol=1e-12, atol=1e-12)
+    frozen = np.empty((n, d))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        mlp_forward(X, weights, biases, out=frozen)
+    grad_frozen = np.empty(d)
+    grad_frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        logistic_loss_grad(np.zeros(d), X, (X[:, 0] > 0).astype(float), out=grad_frozen)

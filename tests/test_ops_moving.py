@@ -320,6 +320,22 @@ def test_one_row_fast_path_equals_the_driver(
         KERNELS[name](a, 100, threads=0)
 
 
+@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize("shape", [(5000,), (3, 70_000)])
+def test_out_may_overlap_the_input(name: str, shape: tuple[int, ...]) -> None:
+    """``out=a`` (in place) and an ``out`` shifted one value along ``a`` give the plain result."""
+    a = with_nans(shape, frac=0.01)
+    want = KERNELS[name](a, 50, min_count=3)
+    b = a.copy()
+    got = KERNELS[name](b, 50, min_count=3, out=b)
+    assert got is b
+    np.testing.assert_array_equal(b, want)
+    flat = np.concatenate([a.ravel(), [0.0]])
+    src, dst = flat[:-1].reshape(shape), flat[1:].reshape(shape)  # dst is src one value on
+    KERNELS[name](src, 50, min_count=3, out=dst)
+    np.testing.assert_array_equal(dst, want)
+
+
 def test_one_row_path_by_dtype_identity_leaves_other_descriptors_to_the_driver() -> None:
     """The one-row path tests the dtype by identity; equal or byte-swapped ones still work."""
     a = with_nans((5000,), frac=0.01)

@@ -20,6 +20,7 @@ __all__ = [
     "check_out",
     "check_positive_int",
     "normalize_axis",
+    "overlaps",
     "result_dtype",
     "row_segments",
     "split",
@@ -132,6 +133,18 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "ou
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return out
+
+
+def overlaps(out: np.ndarray, *inputs: Any) -> bool:
+    """Whether ``out`` may share memory with one of the NumPy ``inputs``.
+
+    The kernels read inputs after writing outputs (windows, stencil neighbours, GEMM tiles),
+    so an ``out`` that overlaps an input would turn into wrong values without an error.
+    Callers then compute into a temporary and copy, as NumPy's ufuncs do.  A bounds test
+    (``np.may_share_memory``): it can say yes for interleaved views that never touch, which
+    only costs that temporary.
+    """
+    return any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in inputs)
 
 
 def split(n: int, parts: int) -> np.ndarray:

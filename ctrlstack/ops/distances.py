@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from ctrlstack.ops import _aligned as aligned
-from ctrlstack.ops._check import as_float_array, check_positive_int, result_dtype
+from ctrlstack.ops._check import as_float_array, check_positive_int, overlaps, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows
 from ctrlstack.ops._runtime import kernel_threads
 from ctrlstack.ops._simd import (
@@ -388,6 +388,9 @@ def pairwise_distances(
     out = _check_out(out, (m, n), Xa.dtype)
     if m == 0 or n == 0:
         return out
+    if overlaps(out, Xa, Ya):  # tiles are written while later tiles still read X and Y
+        np.copyto(out, pairwise_distances(Xa, None if same else Ya, metric=metric, threads=threads))
+        return out
     xn = _norms(Xa, code)
     yn = xn if same else _norms(Ya, code)
     with kernel_threads(threads) as nt:
@@ -405,6 +408,8 @@ def _check_out(out: np.ndarray | None, shape: tuple[int, int], dtype: np.dtype[A
             f"out must be a C-contiguous {dtype} array of shape {shape}, "
             f"got {out.dtype} {out.shape} (c_contiguous={out.flags.c_contiguous})"
         )
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from ctrlstack.ops import _aligned as aligned
-from ctrlstack.ops._check import as_float_array, result_dtype
+from ctrlstack.ops._check import as_float_array, overlaps, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
 from ctrlstack.ops._tiles import run_tiles
@@ -243,6 +243,8 @@ def _check_grad_out(out: np.ndarray | None, d: int, dt: np.dtype[Any]) -> np.nda
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != (d,) or out.dtype != dt:
         raise ValueError(f"out must be a {dt} array of shape ({d},), got {out.dtype} {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
     return out
 
 
@@ -382,7 +384,12 @@ def _mlp_numpy(
             f"out must be a C-contiguous {X.dtype} array of shape {(n, n_out)}, "
             f"got {out.dtype} {out.shape}"
         )
+    elif not out.flags.writeable:
+        raise ValueError("out must be writeable")
     if n == 0:
+        return out
+    if overlaps(out, X, *ws, *bs):  # later row blocks still read X after earlier ones are out
+        np.copyto(out, _mlp_numpy(X, params, act, None, threads))
         return out
     width = max(w.shape[1] for w in ws)
     block = _MLP_BLOCK

@@ -63,6 +63,7 @@ from ctrlstack.ops._check import (
     check_out,
     check_positive_int,
     normalize_axis,
+    overlaps,
     row_segments,
 )
 from ctrlstack.ops._runtime import check_threads, is_dask, is_xarray, kernel_threads
@@ -941,6 +942,7 @@ def _one_row(
         and out.dtype == a.dtype
         and out.flags.c_contiguous
         and out.flags.writeable
+        and not overlaps(out, a)
     ):
         o = out
     else:
@@ -964,6 +966,9 @@ def _run_numpy(
         out = np.empty(arr.shape, dtype=dtype)
     else:
         check_out(out, arr.shape, dtype)
+        if overlaps(out, arr):  # every output reads up to `window` inputs back
+            np.copyto(out, _run_numpy(op, arr, w_user, min_count, ddof, ax, None, threads))
+            return out
     moved = arr if ax == arr.ndim - 1 else np.moveaxis(arr, ax, -1)
     n = moved.shape[-1]
     nrows = math.prod(moved.shape[:-1])

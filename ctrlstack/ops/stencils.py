@@ -26,7 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ctrlstack.ops._check import as_real_array, as_real_lazy, check_out
+from ctrlstack.ops._check import as_real_array, as_real_lazy, check_out, overlaps
 from ctrlstack.ops._runtime import is_dask, is_xarray, kernel_threads
 
 __all__ = ["heat_diffusion", "jacobi_step"]
@@ -124,10 +124,7 @@ def _check_steps(steps: Any) -> int:
 def _prepare_out(u: np.ndarray, out: Any) -> np.ndarray:
     if out is None:
         return np.empty(u.shape, dtype=u.dtype)
-    check_out(out, u.shape, u.dtype)
-    if np.shares_memory(out, u):
-        raise ValueError("out must not overlap u (every point reads its neighbours' old values)")
-    return out
+    return check_out(out, u.shape, u.dtype)
 
 
 def _run_steps(
@@ -157,7 +154,7 @@ def jacobi_step(
     """One explicit diffusion step of ``u`` (2-D 5-point or 3-D 7-point) with a fixed boundary.
 
     ``alpha`` defaults to ``1 / (2*ndim)`` (pure Jacobi averaging).  ``out`` (same shape and
-    float dtype as the result, not overlapping ``u``) receives the result; integer ``u`` is
+    float dtype as the result; it may be ``u`` itself) receives the result; integer ``u`` is
     computed in float64.  Dask input gives a lazy dask array, xarray input keeps its labels.
     """
     return heat_diffusion(u, 1, alpha=alpha, out=out, threads=threads)
@@ -171,7 +168,8 @@ def heat_diffusion(
     out: Any = None,
     threads: int | None = None,
 ) -> Any:
-    """``steps`` explicit diffusion steps (see :func:`jacobi_step`); ``u`` is not modified.
+    """``steps`` explicit diffusion steps (see :func:`jacobi_step`); ``u`` is not modified
+    unless it is ``out``.
 
     ``alpha=None`` means ``1 / (2*ndim)``.  NumPy input writes into ``out`` when given (one
     scratch buffer of the same size is allocated for ``steps > 1``).
@@ -188,7 +186,9 @@ def heat_diffusion(
     buf = _prepare_out(arr, out)
     # Kernels see C-contiguous arrays only (one compiled layout; strided stencils are slow).
     src = np.ascontiguousarray(arr)
-    if buf.flags.c_contiguous:
+    # An out overlapping u (jacobi_step(u, u): in place) is computed apart, then copied:
+    # every point reads its neighbours' old values.
+    if buf.flags.c_contiguous and not overlaps(buf, arr, src):
         _run_steps(src, buf, a, steps, threads)
     else:
         tmp = np.empty(buf.shape, dtype=buf.dtype)
