@@ -94,6 +94,7 @@ def test_autodetected_range_with_nan_raises_like_numpy() -> None:
         ({"bins": 0}, ValueError, "positive"),
         ({"bins": 2.5}, TypeError, "bins"),
         ({"bins": np.array([1.0, 0.0])}, ValueError, "monotonically"),
+        ({"bins": np.array([0.0, np.nan, 1.0])}, ValueError, "must not be NaN"),
         ({"bins": 5, "range": (1.0, 0.0)}, ValueError, "range"),
         ({"bins": 5, "range": (0.0, np.inf)}, ValueError, "not finite"),
         ({"bins": 5, "weights": np.ones(3)}, ValueError, "weights"),

@@ -182,3 +182,19 @@ def test_work_splits_are_exact_and_cover_every_value() -> None:
     np.testing.assert_array_equal(starts[1:], stops[:-1])
     assert bounds[0] == 0
     assert bounds[-1] == rows.shape[0] == 3
+
+
+@pytest.mark.parametrize("bad", ["2", 2.5, True, None.__class__])
+def test_threads_must_be_an_integer(bad: Any) -> None:
+    """``threads`` was taken through ``int()``: "2", 2.5 and True passed silently."""
+    from ctrlstack.ops import group_mean, moving_mean
+
+    v = np.arange(50.0)
+    for call in (
+        lambda: moving_mean(v, 5, threads=bad),
+        lambda: group_mean(v, np.zeros(50, dtype=np.int64), 1, threads=bad),
+        lambda: pairwise_distances(v.reshape(10, 5), threads=bad),
+        lambda: knn(v.reshape(10, 5), k=2, threads=bad),
+    ):
+        with pytest.raises(TypeError, match="threads must be an integer"):
+            call()

@@ -21,6 +21,7 @@ from typing import Any
 
 import numba
 
+from ctrlstack.ops._check import check_positive_int
 from ctrlstack.topology.budget import thread_budget
 
 #: numba.config is populated at run time; mypy cannot see its attributes.
@@ -38,11 +39,11 @@ def ensure_threading_layer() -> None:
 
 
 def check_threads(threads: Any) -> int:
-    """``threads`` as an int >= 1 (for calls that run one task and need no thread switch)."""
-    wanted = int(threads)
-    if wanted < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
-    return wanted
+    """``threads`` as an int >= 1 (for calls that run one task and need no thread switch).
+
+    An integer only: ``int()`` would have taken ``"2"``, ``2.7`` and ``True`` silently.
+    """
+    return check_positive_int(threads, "threads")
 
 
 @contextmanager

@@ -223,6 +223,8 @@ def _explicit_edges(bins: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} as an array must be 1-D with at least 2 edges, got {edges.shape}")
     if edges.dtype.kind not in "iuf":
         raise TypeError(f"{name} edges must be numeric, got dtype {edges.dtype}")
+    if edges.dtype.kind == "f" and np.isnan(edges).any():  # NaN compares false: test it first
+        raise ValueError(f"{name} edges must not be NaN, got {edges.tolist()[:8]}")
     if np.any(edges[:-1] > edges[1:]):
         raise ValueError(f"{name} must increase monotonically, when an array")
     return edges.astype(np.float64, copy=False)
