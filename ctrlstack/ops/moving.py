@@ -422,8 +422,11 @@ def _moments_task(x, o, start, stop, w, min_count, ddof, want_std, sf, si, inv, 
         b += length
 
 
-#: Sub-block of the streaming var/std loop: its three scratch rows (24 B per value) stay in L1.
-_SUB = 512
+#: Sub-block of the streaming var/std loop: its scratch rows (32 B per value, 4 KiB) stay in L1.
+#: 128 rather than 512: the three passes alternate between streaming ``x`` and the output and
+#: working in L1 at a finer grain, 8 % faster (1e7 values, 1 % NaN, window 100, 1 thread,
+#: ``out=``: 19.7 -> 18.0 ms natively, 20.9 -> 19.2 ms with AVX2 code; 96-192 alike).
+_SUB = 128
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
