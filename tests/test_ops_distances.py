@@ -110,8 +110,13 @@ def test_empty_and_length_one() -> None:
         (lambda: pairwise_distances(np.ones((2, 2)), out=np.empty((2, 3))), ValueError, "out"),
         (
             lambda: pairwise_distances(np.ones((2, 2)), out=np.empty((2, 2), np.float32)),
+            TypeError,
+            "out must have dtype float64",
+        ),
+        (
+            lambda: pairwise_distances(np.ones((2, 2)), out=np.empty((2, 2), order="F")[:, :2]),
             ValueError,
-            "out",
+            "out must be C-contiguous",
         ),
         (lambda: pairwise_distances(np.ones((2, 2)), out=cast(Any, [[0, 0]])), TypeError, "out"),
         (lambda: knn(np.ones((3, 2))), TypeError, "needs k"),

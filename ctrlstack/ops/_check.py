@@ -122,14 +122,28 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     return ax % ndim
 
 
-def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
-    """Validate a caller-supplied output buffer (exact shape and dtype, writeable)."""
+def check_out(
+    out: Any,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    name: str = "out",
+    *,
+    c_contiguous: bool = False,
+) -> np.ndarray:
+    """Validate a caller-supplied output buffer: exact shape and dtype, writeable, and
+    C-contiguous when the kernel writes rows in place (``c_contiguous``).
+
+    The one ``out=`` check of every family: ``TypeError`` for a non-array or the wrong dtype,
+    ``ValueError`` for the wrong shape, layout or a read-only buffer.
+    """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if c_contiguous and not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray, or order='C')")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return out

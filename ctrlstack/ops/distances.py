@@ -23,7 +23,13 @@ import numba
 import numpy as np
 
 from ctrlstack.ops import _aligned as aligned
-from ctrlstack.ops._check import as_float_array, check_positive_int, overlaps, result_dtype
+from ctrlstack.ops._check import (
+    as_float_array,
+    check_out,
+    check_positive_int,
+    overlaps,
+    result_dtype,
+)
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows
 from ctrlstack.ops._runtime import kernel_threads
 from ctrlstack.ops._simd import (
@@ -401,16 +407,7 @@ def pairwise_distances(
 def _check_out(out: np.ndarray | None, shape: tuple[int, int], dtype: np.dtype[Any]) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"out must be a C-contiguous {dtype} array of shape {shape}, "
-            f"got {out.dtype} {out.shape} (c_contiguous={out.flags.c_contiguous})"
-        )
-    if not out.flags.writeable:
-        raise ValueError("out must be writeable")
-    return out
+    return check_out(out, shape, dtype, c_contiguous=True)
 
 
 def knn(

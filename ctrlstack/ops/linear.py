@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from ctrlstack.ops import _aligned as aligned
-from ctrlstack.ops._check import as_float_array, overlaps, result_dtype
+from ctrlstack.ops._check import as_float_array, check_out, overlaps, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
 from ctrlstack.ops._tiles import run_tiles
@@ -239,13 +239,7 @@ def _check_y(y: Any, n: int, dt: np.dtype[Any]) -> np.ndarray:
 def _check_grad_out(out: np.ndarray | None, d: int, dt: np.dtype[Any]) -> np.ndarray:
     if out is None:
         return np.empty(d, dtype=dt)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != (d,) or out.dtype != dt:
-        raise ValueError(f"out must be a {dt} array of shape ({d},), got {out.dtype} {out.shape}")
-    if not out.flags.writeable:
-        raise ValueError("out must be writeable")
-    return out
+    return check_out(out, (d,), dt)
 
 
 def _logistic_dask(w: Any, X: Any, y: Any, l2: float, threads: int | None) -> tuple[Any, Any]:
@@ -377,15 +371,8 @@ def _mlp_numpy(
     n_out = ws[-1].shape[1]
     if out is None:
         out = np.empty((n, n_out), dtype=X.dtype)
-    elif not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    elif out.shape != (n, n_out) or out.dtype != X.dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"out must be a C-contiguous {X.dtype} array of shape {(n, n_out)}, "
-            f"got {out.dtype} {out.shape}"
-        )
-    elif not out.flags.writeable:
-        raise ValueError("out must be writeable")
+    else:
+        check_out(out, (n, n_out), X.dtype, c_contiguous=True)
     if n == 0:
         return out
     if overlaps(out, X, *ws, *bs):  # later row blocks still read X after earlier ones are out
