@@ -352,7 +352,7 @@ def test_block_width_follows_the_features_numba_targets(monkeypatch: pytest.Monk
     assert _simd._vector_bytes() == 32
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f", raising=False)
     assert _simd._vector_bytes() == 64
-    assert _simd.dot_block_cols(8) == 2 * _simd._VECTOR_BYTES // 8
+    assert _simd.dot_block_cols(8) == 2 * _simd.VECTOR_BYTES // 8
 
 
 def test_pairwise_out_may_overlap_its_inputs_and_must_be_writeable() -> None:

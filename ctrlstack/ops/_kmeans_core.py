@@ -32,7 +32,7 @@ from numba import prange
 from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, check_positive_int
 from ctrlstack.ops._simd import WIDTH, argmin_width
-from ctrlstack.ops._tiles import run_tiles
+from ctrlstack.ops._tiles import per_slot, run_tiles
 
 __all__ = [
     "KMeansResult",
@@ -241,17 +241,16 @@ def estep(
     sums = aligned.line_rows(slots, k * d)
     counts = aligned.line_rows(slots, k, np.int64)
     changed = [0] * slots
-    scratch: list[tuple[np.ndarray, ...] | None] = [None] * slots
+    scratch = per_slot(
+        slots,
+        lambda: (
+            aligned.empty((rows if mean_x is not None else 0, d), X.dtype),
+            aligned.empty((rows, kp), X.dtype),  # argmin_width reads it in WIDTH-wide steps
+        ),
+    )
 
     def body(slot: int, tile: int) -> None:
-        bufs = scratch[slot]
-        if bufs is None:  # allocated (first touched) by the thread that uses it
-            bufs = (
-                aligned.empty((rows if mean_x is not None else 0, d), X.dtype),
-                aligned.empty((rows, kp), X.dtype),  # argmin_width reads it in WIDTH-wide steps
-            )
-            scratch[slot] = bufs
-        xc, dist = bufs
+        xc, dist = scratch(slot)
         start = tile * rows
         nr = min(rows, n - start)
         if mean_x is None:

@@ -39,6 +39,14 @@ WIDTH = 16
 MASK_WIDTH = 64
 
 
+def _splat(builder: Any, value: Any, vty: Any) -> Any:
+    """``value`` in every lane of vector type ``vty`` (insert into lane 0, shuffle it out)."""
+    undef = ir.Constant(vty, ir.Undefined)
+    first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+    return builder.shuffle_vector(first, undef, zeros)
+
+
 @intrinsic
 def _argmin_width(
     typingctx: Any, row: Any, off: Any, add: Any, add_off: Any
@@ -77,12 +85,9 @@ def _argmin_width(
             builder.module, ir.FunctionType(fty, [vty]), f"llvm.vector.reduce.fmin.v{WIDTH}{suffix}"
         )
         m = builder.call(reduce_min, [s])
-        undef = ir.Constant(vty, ir.Undefined)
-        first = builder.insert_element(undef, m, ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(
-            first, undef, ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH)
+        mask = builder.bitcast(
+            builder.fcmp_ordered("==", s, _splat(builder, m, vty)), ir.IntType(WIDTH)
         )
-        mask = builder.bitcast(builder.fcmp_ordered("==", s, splat), ir.IntType(WIDTH))
         cttz = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(ir.IntType(WIDTH), [ir.IntType(WIDTH), ir.IntType(1)]),
@@ -212,12 +217,8 @@ def _below_mask(
         else:
             cmpty = rowty.dtype
         b = context.cast(builder, args[2], sig.args[2], cmpty)
-        undef = ir.Constant(vty, ir.Undefined)
-        first = builder.insert_element(undef, b, ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(
-            first, undef, ir.Constant(ir.VectorType(ir.IntType(32), MASK_WIDTH), [0] * MASK_WIDTH)
-        )
-        return builder.bitcast(builder.fcmp_ordered("<", v, splat), ir.IntType(64))
+        below = builder.fcmp_ordered("<", v, _splat(builder, b, vty))
+        return builder.bitcast(below, ir.IntType(64))
 
     return types.int64(row, off, bound), codegen
 
@@ -266,9 +267,8 @@ def _vector_bytes() -> int:
 
 #: Rows of one :func:`dot_block_below` block (each holds two vectors of accumulators).
 DOT_ROWS = 4
-_VECTOR_BYTES = _vector_bytes()
 #: Bytes of one vector register of the code Numba builds here (32 AVX2, 64 AVX-512).
-VECTOR_BYTES = _VECTOR_BYTES
+VECTOR_BYTES = _vector_bytes()
 
 
 def dot_block_cols(itemsize: int) -> int:
@@ -278,7 +278,7 @@ def dot_block_cols(itemsize: int) -> int:
     FMA units busy through their 4-cycle latency, and leave registers for the operands (AVX2
     has 16): 4 x 8 float64 with AVX2, 4 x 16 with AVX-512.
     """
-    return 2 * _VECTOR_BYTES // itemsize
+    return 2 * VECTOR_BYTES // itemsize
 
 
 @intrinsic
@@ -326,7 +326,7 @@ def _dot_block_below(
         xpty, _, ypty, _, _, bty, _, outty, mty = sig.args
         fty = context.get_value_type(xpty.dtype)
         dty = ir.DoubleType()
-        i32, i64 = ir.IntType(32), ir.IntType(64)
+        i64 = ir.IntType(64)
         vty = ir.VectorType(fty, cols)
         align = context.get_abi_sizeof(fty)
 
@@ -334,13 +334,6 @@ def _dot_block_below(
             a = context.make_array(arrty)(context, builder, arr)
             i = context.cast(builder, idx, idxty, types.intp)
             return cgutils.get_item_pointer(context, builder, arrty, a, [i], wraparound=False)
-
-        def splat(value: Any, ty: Any) -> Any:
-            undef = ir.Constant(ty, ir.Undefined)
-            first = builder.insert_element(undef, value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(
-                first, undef, ir.Constant(ir.VectorType(i32, cols), [0] * cols)
-            )
 
         px = ptr(xpty, args[0], args[1], sig.args[1])
         py = ptr(ypty, args[2], args[3], sig.args[3])
@@ -363,7 +356,7 @@ def _dot_block_below(
             base = builder.mul(t, ir.Constant(t.type, rows))
             for r in range(rows):
                 xs = builder.load(builder.gep(px, [builder.add(base, ir.Constant(t.type, r))]))
-                acc = builder.call(fma, [splat(xs, vty), yv, builder.load(accs[r])])
+                acc = builder.call(fma, [_splat(builder, xs, vty), yv, builder.load(accs[r])])
                 builder.store(acc, accs[r])
         pout = ptr(outty, args[7], ir.Constant(i64, 0), types.int64)
         pb = ptr(bty, args[5], args[6], sig.args[6])
@@ -376,7 +369,7 @@ def _dot_block_below(
             builder.store(acc, builder.bitcast(dst, vty.as_pointer()), align=align)
             keys = acc if fty == dty else builder.fpext(acc, wide)
             b = builder.load(builder.gep(pb, [ir.Constant(i64, r)]))
-            below = builder.fcmp_ordered("<", keys, splat(b, wide))
+            below = builder.fcmp_ordered("<", keys, _splat(builder, b, wide))
             m = builder.zext(builder.bitcast(below, ir.IntType(cols)), i64)
             builder.store(m, builder.gep(pm, [ir.Constant(i64, r)]))
             total = builder.or_(total, m)
@@ -396,7 +389,7 @@ def transpose_width(itemsize: int) -> int:
     than the 16 registers, and measured 6 % slower than the scalar mirror (4000 x 4000);
     8 x 8 keeps it in registers.
     """
-    return _VECTOR_BYTES // itemsize
+    return VECTOR_BYTES // itemsize
 
 
 @intrinsic

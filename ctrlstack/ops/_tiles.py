@@ -20,12 +20,15 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
 from ctrlstack.ops._blas import single_threaded_blas
 
-__all__ = ["run_tiles"]
+__all__ = ["per_slot", "run_tiles"]
+
+_T = TypeVar("_T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -75,3 +78,20 @@ def run_tiles(n_tiles: int, threads: int, body: Callable[[int, int], None]) -> i
         if error is not None:
             raise error
     return slots
+
+
+def per_slot(slots: int, make: Callable[[], _T]) -> Callable[[int], _T]:
+    """``get(slot)``: slot ``slot``'s scratch, made by ``make()`` on its first use.
+
+    The first use is in the thread that runs the slot, so that thread first-touches the pages
+    (they land on its NUMA node); later tiles of the slot reuse them.
+    """
+    made: list[_T | None] = [None] * max(1, slots)
+
+    def get(slot: int) -> _T:
+        bufs = made[slot]
+        if bufs is None:
+            bufs = made[slot] = make()
+        return bufs
+
+    return get

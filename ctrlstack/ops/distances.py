@@ -42,7 +42,7 @@ from ctrlstack.ops._simd import (
     lowest_bit,
     transpose_block,
 )
-from ctrlstack.ops._tiles import run_tiles
+from ctrlstack.ops._tiles import per_slot, run_tiles
 
 __all__ = ["METRICS", "knn", "pairwise_distances"]
 
@@ -465,8 +465,11 @@ def knn(
         return out_d, out_i
     xn = _norms(Xa, code)
     yn = xn if same else _norms(Ya, code)
+    # Finite, short rows: keys made in registers; otherwise BLAS tiles (NaN/inf rows are
+    # recomputed directly there).
+    fused = Xa.shape[1] + 1 <= _FUSED_MAX_DEPTH and np.isfinite(xn).all() and np.isfinite(yn).all()
     with kernel_threads(threads) as nt:
-        _knn_tiles(Xa, Ya, xn, yn, code, same, out_d, out_i, nt)
+        (_knn_fused if fused else _knn_tiles)(Xa, Ya, xn, yn, code, same, out_d, out_i, nt)
     return out_d, out_i
 
 
@@ -481,14 +484,8 @@ def _knn_tiles(
     out_i: np.ndarray,
     threads: int,
 ) -> None:
-    """Blocks of query rows on threads; per block, one GEMM per tile of ``Y`` then the merge.
-
-    When every row is finite and short enough, :func:`_knn_fused` does the same search with
-    no GEMM output at all.
-    """
-    if Xa.shape[1] + 1 <= _FUSED_MAX_DEPTH and np.isfinite(xn).all() and np.isfinite(yn).all():
-        _knn_fused(Xa, Ya, xn, yn, code, same, out_d, out_i, threads)
-        return
+    """Blocks of query rows on threads; per block, one GEMM per tile of ``Y`` then the merge
+    (rows with NaN/inf, or longer than :func:`_knn_fused` takes)."""
     m = Xa.shape[0]
     n = Ya.shape[0]
     k = out_d.shape[1]
@@ -497,19 +494,18 @@ def _knn_tiles(
     YT = _tiled_transpose(Yg)
     n_tiles, _, tile = YT.shape
     block = _knn_block(m, threads)
-    scratch: list[tuple[np.ndarray, ...] | None] = [None] * max(1, threads)
+    scratch = per_slot(
+        threads,
+        lambda: (
+            aligned.empty((block, tile), Xa.dtype),  # screened in vector steps
+            np.empty((block, k)),
+            np.empty((block, k)),
+            np.zeros(block, dtype=np.int64),
+        ),
+    )
 
     def body(slot: int, b: int) -> None:
-        bufs = scratch[slot]
-        if bufs is None:  # allocated (first touched) by the thread that uses it
-            bufs = (
-                aligned.empty((block, tile), Xa.dtype),  # screened in vector steps
-                np.empty((block, k)),
-                np.empty((block, k)),
-                np.zeros(block, dtype=np.int64),
-            )
-            scratch[slot] = bufs
-        buf_all, keys_all, vals_all, filled_all = bufs
+        buf_all, keys_all, vals_all, filled_all = scratch(slot)
         s = b * block
         e = min(s + block, m)
         nr = e - s
@@ -556,21 +552,20 @@ def _knn_fused(
     YP = _packed(Yg, cols, None if code == _COSINE else np.inf)
     tile_groups = max(1, _TILE_BYTES // (depth * cols * Xa.itemsize))
     block = _knn_block(m, threads)
-    scratch: list[tuple[np.ndarray, ...] | None] = [None] * max(1, threads)
+    scratch = per_slot(
+        threads,
+        lambda: (
+            np.empty((block, k)),
+            np.empty((block, k)),
+            np.empty(block, dtype=np.int64),
+            np.empty(block),
+            aligned.empty((rows * cols,), Xa.dtype),  # stored as whole vectors
+            np.empty(rows, dtype=np.int64),
+        ),
+    )
 
     def body(slot: int, b: int) -> None:
-        bufs = scratch[slot]
-        if bufs is None:  # allocated (first touched) by the thread that uses it
-            bufs = (
-                np.empty((block, k)),
-                np.empty((block, k)),
-                np.empty(block, dtype=np.int64),
-                np.empty(block),
-                aligned.empty((rows * cols,), Xa.dtype),  # stored as whole vectors
-                np.empty(rows, dtype=np.int64),
-            )
-            scratch[slot] = bufs
-        keys, vals, filled, worst, keys_block, masks = bufs
+        keys, vals, filled, worst, keys_block, masks = scratch(slot)
         s = b * block
         e = min(s + block, m)
         nr = e - s

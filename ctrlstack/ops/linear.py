@@ -29,7 +29,7 @@ from ctrlstack.ops import _aligned as aligned
 from ctrlstack.ops._check import as_float_array, check_out, overlaps, result_dtype
 from ctrlstack.ops._dispatch import is_dask, is_xarray, labelled, unpack_rows, values_of
 from ctrlstack.ops._runtime import kernel_threads
-from ctrlstack.ops._tiles import run_tiles
+from ctrlstack.ops._tiles import per_slot, run_tiles
 from ctrlstack.ops._vmath import exp_nonpos, log1p_unit
 
 __all__ = ["ACTIVATIONS", "logistic_loss_grad", "mlp_forward"]
@@ -382,17 +382,14 @@ def _mlp_numpy(
     block = _MLP_BLOCK
     consts = np.array([0, 1], dtype=X.dtype)
     with kernel_threads(threads) as nt:
-        scratch: list[tuple[np.ndarray, np.ndarray] | None] = [None] * nt
+        # line-aligned: the activation pass rewrites them in vector steps
+        scratch = per_slot(
+            nt,
+            lambda: (aligned.empty(block * width, X.dtype), aligned.empty(block * width, X.dtype)),
+        )
 
         def body(slot: int, b: int) -> None:
-            bufs = scratch[slot]
-            if bufs is None:  # allocated (first touched) by the thread that uses it
-                # line-aligned: the activation pass rewrites them in vector steps
-                bufs = (
-                    aligned.empty(block * width, X.dtype),
-                    aligned.empty(block * width, X.dtype),
-                )
-                scratch[slot] = bufs
+            bufs = scratch(slot)
             s = b * block
             e = min(s + block, n)
             nr = e - s
