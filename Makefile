@@ -24,12 +24,13 @@ setup: $(STAMP) $(LABEXT) labextension-link
 
 # On a fresh checkout the wheel build hook (hatch-jupyter-builder) builds the lab extension
 # during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
-$(STAMP): pyproject.toml
+# ci/constraints.txt pins the Dask wire packages to the stacks' locks (see that file).
+$(STAMP): pyproject.toml ci/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# A re-install would write the wheel's shared data through the link below into the tree.
 	test ! -L $(LABEXT_LINK) || rm $(LABEXT_LINK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c ci/constraints.txt
 	touch $(STAMP)
 
 # node_modules is cached in the checkout (gitignored): `npm ci` runs only when the lockfile changes.

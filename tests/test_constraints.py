@@ -1,0 +1,47 @@
+"""The test environment's pins (ci/constraints.txt) agree with every stack's lock.
+
+The slow stack tests launch clusters in built stacks from this environment and expect no version
+mismatch; that holds only while this environment has the wire packages at the locks' versions.
+A new Dask on PyPI once broke CI that way, so `make setup` installs with these constraints and
+this fast test says which pin or lock to update when someone relocks.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+
+import pytest
+
+from ctrlstack.stacks.lock import canonical, pinned
+from ctrlstack.stacks.versions import PACKAGES
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONSTRAINTS = ROOT / "ci" / "constraints.txt"
+WIRE = [p for p in PACKAGES if p not in ("python", "ctrlstack")]
+LOCKS = [*sorted((ROOT / "environments").glob("*.lock")), ROOT / "tests/stacks/tiny.lock"]
+
+
+def constraints() -> dict[str, str]:
+    return pinned(CONSTRAINTS.read_text())
+
+
+def test_constraints_pin_exactly_the_wire_packages() -> None:
+    assert sorted(constraints()) == sorted(canonical(p) for p in WIRE)
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
+def test_every_lock_pins_the_constraints_versions(lock: pathlib.Path) -> None:
+    locked = pinned(lock.read_text())
+    differ = {
+        name: (version, locked.get(name))
+        for name, version in constraints().items()
+        if locked.get(name) != version
+    }
+    assert not differ, f"{lock.name} vs ci/constraints.txt (constraint, lock): {differ}"
+
+
+def test_this_environment_has_the_constrained_versions() -> None:
+    have = {name: importlib.metadata.version(name) for name in constraints()}
+    differ = {n: (v, have[n]) for n, v in constraints().items() if have[n] != v}
+    assert not differ, f"re-run `make setup` (constraint, installed): {differ}"
