@@ -334,6 +334,11 @@ def test_pbs_backend_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     text = backend.job_script("tls://h:1", "big-0")
     assert f"#PBS -o {tmp_path}/big.d/jobs/" in text
     assert f"export {CREDENTIALS_ENV}={tmp_path}/big.d/tls" in text
+    assert "#SBATCH" not in text
+    array = backend.array_script(["big-0", "big-1"], "tls://h:1")
+    assert "#PBS -J 0-1" in array.splitlines()
+    assert "$PBS_ARRAY_INDEX" in array
+    assert "SLURM" not in array
     assert backend.job_log("7.pbs") == f"{tmp_path}/big.d/jobs/7.pbs.OU"
     assert backend.cancel_argv(["7.pbs"]) == ["qdel", "-W", "force", "7.pbs"]
     monkeypatch.setenv("PATH", str(tmp_path))  # no qsub here (no PBS server runs in CI)
@@ -357,6 +362,13 @@ def test_pbs_array_script_maps_sub_jobs_to_job_names() -> None:
     assert ' --name "${CTRLSTACK_NAMES[$PBS_ARRAY_INDEX]}" ' in lines[-1]
     assert "CTRLSTACK_ARRAY_TASK_NAME" not in text
     assert "SLURM" not in text
+    # without a cluster name the header names the first job's, never the placeholder
+    unnamed = P.job_script(
+        _pbs_opts(), scheduler="tls://h:1", name="big-0", credentials="/c", log_directory="/l",
+        array_names=["big-0", "big-1"],
+    )  # fmt: skip
+    assert "CTRLSTACK_ARRAY_TASK_NAME" not in unnamed
+    assert "for cluster big-0:" in unnamed
     # a single job's script is unchanged by the array path
     single = P.job_script(
         _pbs_opts(), scheduler="tls://h:1", name="big-0", credentials="/c", log_directory="/l"

@@ -28,6 +28,7 @@ from ctrlstack.deploy.backends.slurm import (
     run_batch,
 )
 from ctrlstack.deploy.batch import pbs as P
+from ctrlstack.deploy.batch.options import BatchOptions
 from ctrlstack.deploy.status import JobStatus
 
 __all__ = ["PBSBackend"]
@@ -52,26 +53,9 @@ class PBSBackend(SlurmBackend):
     #: ``123[i].server`` are polled, retired and ``qdel``-ed one by one like single jobs.
     array_supported: ClassVar[bool] = True
 
-    def job_script(self, scheduler: str, name: str, workers: int | None = None) -> str:
-        return P.job_script(
-            self.opts_for(workers),
-            scheduler=scheduler,
-            name=name,
-            credentials=self.credentials_dir,
-            log_directory=self.log_directory,
-            cluster=self.cluster_name,
-        )
-
-    def array_script(self, names: list[str], scheduler: str, workers: int | None = None) -> str:
-        return P.job_script(
-            self.opts_for(workers),
-            scheduler=scheduler,
-            name=names[0],
-            credentials=self.credentials_dir,
-            log_directory=self.log_directory,
-            cluster=self.cluster_name,
-            array_names=names,
-        )
+    @staticmethod
+    def render_script(opts: BatchOptions, **kwargs: Any) -> str:
+        return P.job_script(opts, **kwargs)
 
     @staticmethod
     def array_task_ids(array_id: str, count: int) -> list[str]:

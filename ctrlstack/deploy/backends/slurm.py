@@ -342,9 +342,14 @@ class SlurmBackend(Backend):
             memory=opts.memory * workers // per_job,
         )
 
+    @staticmethod
+    def render_script(opts: BatchOptions, **kwargs: Any) -> str:
+        """This scheduler's script template (PBS's backend swaps in its ``#PBS`` one)."""
+        return S.job_script(opts, **kwargs)
+
     def job_script(self, scheduler: str, name: str, workers: int | None = None) -> str:
         """The exact script submitted for job ``name`` (``ctrlstack script`` prints it)."""
-        return S.job_script(
+        return self.render_script(
             self.opts_for(workers),
             scheduler=scheduler,
             name=name,
@@ -407,7 +412,7 @@ class SlurmBackend(Backend):
 
     def array_script(self, names: list[str], scheduler: str, workers: int | None = None) -> str:
         """One array job whose task *i* runs the workers of job ``names[i]``."""
-        return S.job_script(
+        return self.render_script(
             self.opts_for(workers),
             scheduler=scheduler,
             name=names[0],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shlex
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -203,10 +202,9 @@ def job_script(
     job ``array_names[i]``: the names are a quoted bash array indexed by ``$PBS_ARRAY_INDEX`` (an
     integer PBS sets), the only expansion in the script, as in Slurm's array script.
     """
-    from .script import batch_script
+    from .script import queue_script
 
-    token = "CTRLSTACK_ARRAY_TASK_NAME"
-    text = batch_script(
+    return queue_script(
         opts,
         directive_prefix="#PBS",
         directives=directives(
@@ -214,16 +212,10 @@ def job_script(
             log_directory=log_directory,
             array=None if array_names is None else len(array_names),
         ),
+        index_variable="PBS_ARRAY_INDEX",
         scheduler=scheduler,
-        name=name if array_names is None else token,
+        name=name,
         credentials=credentials,
         cluster=cluster,
+        array_names=array_names,
     )
-    if array_names is None:
-        return text
-    names = " ".join(shlex.quote(n) for n in array_names)
-    head, _, command = text.rpartition("\nexec ")
-    command = command.replace(
-        f" --name {token} ", ' --name "${CTRLSTACK_NAMES[$PBS_ARRAY_INDEX]}" '
-    )
-    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"

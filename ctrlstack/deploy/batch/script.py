@@ -183,3 +183,45 @@ def batch_script(
         cluster=cluster or name,
         workers=opts.workers_per_job,
     )
+
+
+#: The placeholder name an array script's command carries until the per-task name replaces it.
+_ARRAY_TOKEN = "CTRLSTACK_ARRAY_TASK_NAME"
+
+
+def queue_script(
+    opts: BatchOptions,
+    *,
+    directive_prefix: str,
+    directives: Sequence[str],
+    index_variable: str,
+    scheduler: str,
+    name: str,
+    credentials: str,
+    cluster: str = "",
+    array_names: Sequence[str] | None = None,
+) -> str:
+    """One job's script, or with ``array_names`` one array job's (Slurm's and PBS's alike).
+
+    Task *i* of the array runs the workers of job ``array_names[i]`` (dask-jobqueue's name for
+    it): the names are a quoted bash array indexed by ``$<index_variable>``, an integer the
+    scheduler sets (``SLURM_ARRAY_TASK_ID``, ``PBS_ARRAY_INDEX``): the script's only expansion.
+    """
+    cluster = cluster or name
+    text = batch_script(
+        opts,
+        directive_prefix=directive_prefix,
+        directives=directives,
+        scheduler=scheduler,
+        name=name if array_names is None else _ARRAY_TOKEN,
+        credentials=credentials,
+        cluster=cluster,
+    )
+    if array_names is None:
+        return text
+    names = " ".join(shlex.quote(n) for n in array_names)
+    head, _, command = text.rpartition("\nexec ")
+    command = command.replace(
+        f" --name {_ARRAY_TOKEN} ", f' --name "${{CTRLSTACK_NAMES[${index_variable}]}}" '
+    )
+    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"

@@ -15,7 +15,6 @@ local time, which is what slurmctld and the login node share in practice.
 from __future__ import annotations
 
 import re
-import shlex
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -300,11 +299,9 @@ def job_script(
     ``array_names[i]`` (dask-jobqueue's name for it): the names are a quoted bash array, indexed
     by ``$SLURM_ARRAY_TASK_ID`` — an integer Slurm sets — the only expansion in the script.
     """
-    from .script import batch_script
+    from .script import queue_script
 
-    token = "CTRLSTACK_ARRAY_TASK_NAME"
-    cluster = cluster or name
-    text = batch_script(
+    return queue_script(
         opts,
         directive_prefix="#SBATCH",
         directives=directives(
@@ -312,16 +309,10 @@ def job_script(
             log_directory=log_directory,
             array=None if array_names is None else len(array_names),
         ),
+        index_variable="SLURM_ARRAY_TASK_ID",
         scheduler=scheduler,
-        name=name if array_names is None else token,
+        name=name,
         credentials=credentials,
         cluster=cluster,
+        array_names=array_names,
     )
-    if array_names is None:
-        return text
-    names = " ".join(shlex.quote(n) for n in array_names)
-    head, _, command = text.rpartition("\nexec ")
-    command = command.replace(
-        f" --name {token} ", ' --name "${CTRLSTACK_NAMES[$SLURM_ARRAY_TASK_ID]}" '
-    )
-    return f"{head}\nCTRLSTACK_NAMES=({names})\nexec {command}"
