@@ -68,6 +68,35 @@ def test_two_pinned_workers_in_one_job_connect_over_tls(slurm: Any, tmp_path: Pa
     assert not used[0] & used[1], used
 
 
+def test_nanny_workers_in_one_job_are_pinned_and_restartable(slurm: Any, tmp_path: Path) -> None:
+    """``nanny: true``: the job starts one Nanny per slot (``ctrlstack worker --nanny``)."""
+    backend = _backend(tmp_path, workers=2, workers_per_job=2, cores=2, nanny=True)
+
+    async def main() -> tuple[list[dict[str, Any]], list[Any]]:
+        cluster = await backend.create()
+        try:
+            async with Client(cluster, asynchronous=True) as client:
+                await _wait_workers(client, 2)
+                info = client.scheduler_info()["workers"]
+                nannies = [w["nanny"] for w in info.values()]
+                await client.restart()  # needs a nanny per worker
+                await _wait_workers(client, 2)
+                assert await client.submit(sum, [1, 2, 3]) == 6
+                return list((await client.run(job_placement)).values()), nannies
+        finally:
+            await cluster.close()
+            await backend.cleanup()
+
+    infos, nannies = asyncio.run(main())
+    assert all(n and n.startswith("tls://127.0.0.1:") for n in nannies), nannies
+    assert sorted(i["name"] for i in infos) == ["t-0-0", "t-0-1"]
+    slots = [parse_cpulist(i["slot_cpus"]) for i in infos]
+    for info, cpus in zip(infos, slots, strict=True):
+        used = set().union(*(parse_cpulist(t["affinity"]) for t in info["threads"]))
+        assert used == cpus, info
+    assert not slots[0] & slots[1], slots
+
+
 def test_plain_client_without_credentials_is_refused(slurm: Any, tmp_path: Path) -> None:
     backend = _backend(tmp_path, workers=1)
 

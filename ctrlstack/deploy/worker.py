@@ -38,7 +38,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,33 +109,16 @@ async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = 
     security = _credentials_security(environ)
     layout = node_plan(request)
     _log_layout(layout, environ)
-    task_threads = request.task_threads or layout.threads
-    extra: dict[str, Any] = {}
-    if request.lifetime is not None:
-        extra["lifetime"] = max(1.0, request.lifetime)
-    if request.local_directory:
-        extra["local_directory"] = request.local_directory
-    if request.resources:
-        extra["resources"] = dict(request.resources)
     nannies = []
-    for slot, name in zip(layout.slots, worker_names(request.name, layout.workers), strict=True):
-        env = worker_env(slot, task_threads, pin=layout.pinned)
-        env[SLOT_ENV] = str(slot.index)
+    for _name, env, options in _per_slot(request, layout):
         nannies.append(
             Nanny(
                 request.scheduler,
-                name=name,
-                nthreads=task_threads,
-                memory_limit=request.memory_limit,
                 security=security,
-                interface=request.interface,
-                protocol="tls",
                 env=env,
-                preload=[PRELOAD],
                 dashboard=False,
-                death_timeout=request.death_timeout,
                 silence_logs=logging.WARNING,
-                **extra,
+                **options,
             )
         )
     stop = asyncio.Event()
@@ -159,7 +142,19 @@ async def run_workers(request: NodeRequest, environ: Mapping[str, str] | None = 
     return 0
 
 
+def _per_slot(
+    request: NodeRequest, layout: Plan
+) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+    """``(worker name, environment, worker options)`` for each slot of the node's plan."""
+    task_threads = request.task_threads or layout.threads
+    for slot, name in zip(layout.slots, worker_names(request.name, layout.workers), strict=True):
+        env = worker_env(slot, task_threads, pin=layout.pinned)
+        env[SLOT_ENV] = str(slot.index)
+        yield name, env, {**_worker_options(request, task_threads), "name": name}
+
+
 def _worker_options(request: NodeRequest, task_threads: int) -> dict[str, Any]:
+    """What every worker of the request gets, forked ``Worker`` or ``Nanny`` alike."""
     extra: dict[str, Any] = {}
     if request.lifetime is not None:
         extra["lifetime"] = max(1.0, request.lifetime)
@@ -218,12 +213,8 @@ def fork_workers(request: NodeRequest, environ: Mapping[str, str] | None = None)
     security = _credentials_security(environ)
     layout = node_plan(request)
     _log_layout(layout, environ)
-    task_threads = request.task_threads or layout.threads
     children: dict[int, str] = {}
-    for slot, name in zip(layout.slots, worker_names(request.name, layout.workers), strict=True):
-        env = worker_env(slot, task_threads, pin=layout.pinned)
-        env[SLOT_ENV] = str(slot.index)
-        options = {**_worker_options(request, task_threads), "name": name}
+    for name, env, options in _per_slot(request, layout):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured by the Slurm tests
             code = 1
