@@ -119,3 +119,26 @@ def test_dead_jobs_and_wait() -> None:
     assert waiting.wait_for_workers(lambda: done, 2, 1) is done
     with pytest.raises(ValueError, match="wait must be"):
         waiting.check_wait(0)
+
+
+def test_supervisor_job_directives() -> None:
+    job = placement.SupervisorJob(
+        partition="login", account=None, qos="long", walltime=12 * 3600 + 1, cores=1,
+        memory=2**31 + 1, extra_directives=("--comment=x",),
+    )  # fmt: skip
+    assert placement.directives(job, name="far", log="/l/far.log") == [
+        "--job-name=ctrlstack-supervisor-far",
+        "--partition=login",
+        "--qos=long",
+        "--time=12:00:01",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=1",
+        "--mem=2049M",
+        "--output=/l/far.log",
+        "--open-mode=append",
+        f"--signal=B:TERM@{placement.STOP_GRACE}",
+        "--comment=x",
+    ]
+    with pytest.raises(ValueError, match="newline"):
+        placement.directives(job, name="far\n#SBATCH --x", log="/l")

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ctrlstack import _proc
 from ctrlstack._config_check import ConfigError, field_error
 from ctrlstack.deploy.batch import slurm as S
-from ctrlstack.deploy.batch.options import format_walltime, parse_walltime
+from ctrlstack.deploy.batch.options import parse_walltime
 from ctrlstack.deploy.status import JobStatus
 from ctrlstack.errors import Failure
 
@@ -141,20 +141,17 @@ def supervisor_job(spec: ClusterSpec) -> SupervisorJob | None:
 
 def directives(job: SupervisorJob, *, name: str, log: str) -> list[str]:
     """``#SBATCH`` options of the supervisor job (``log``: the supervisor's log file)."""
-    out = [f"--job-name=ctrlstack-supervisor-{name}"]
-    if job.partition:
-        out.append(f"--partition={job.partition}")
-    if job.account:
-        out.append(f"--account={job.account}")
-    if job.qos:
-        out.append(f"--qos={job.qos}")
-    out += [
-        f"--time={format_walltime(job.walltime)}",
-        "--nodes=1",
-        "--ntasks=1",
-        f"--cpus-per-task={job.cores}",
-        f"--mem={job.memory_mb}M",
-        f"--output={log}",
+    out = [
+        *S.one_node(
+            job_name=f"ctrlstack-supervisor-{name}",
+            partition=job.partition,
+            account=job.account,
+            qos=job.qos,
+            walltime=job.walltime,
+            cores=job.cores,
+            memory_mb=job.memory_mb,
+            output=log,
+        ),
         "--open-mode=append",
         f"--signal=B:TERM@{STOP_GRACE}",
         *job.extra_directives,

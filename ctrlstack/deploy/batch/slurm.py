@@ -104,23 +104,48 @@ def log_path(directory: str, job_name: str, job_id: str) -> str:
     return f"{directory.rstrip('/')}/{job_name}-{job_id}.out"
 
 
-def directives(opts: BatchOptions, *, log_directory: str, array: int | None = None) -> list[str]:
-    """``#SBATCH`` options (without the prefix) for one job (or one array of ``array`` tasks)."""
-    out = [f"--job-name={opts.job_name}"]
-    if opts.queue:
-        out.append(f"--partition={opts.queue}")
-    if opts.account:
-        out.append(f"--account={opts.account}")
-    if opts.qos:
-        out.append(f"--qos={opts.qos}")
-    out += [
-        f"--time={format_walltime(opts.walltime)}",
+def one_node(
+    *,
+    job_name: str,
+    partition: str | None,
+    account: str | None,
+    qos: str | None,
+    walltime: int,
+    cores: int,
+    memory_mb: int,
+    output: str,
+) -> list[str]:
+    """``#SBATCH`` options of a one-node, one-task job: the worker jobs' and the supervisor's."""
+    out = [f"--job-name={job_name}"]
+    if partition:
+        out.append(f"--partition={partition}")
+    if account:
+        out.append(f"--account={account}")
+    if qos:
+        out.append(f"--qos={qos}")
+    return [
+        *out,
+        f"--time={format_walltime(walltime)}",
         "--nodes=1",
         "--ntasks=1",
-        f"--cpus-per-task={opts.cores}",
-        f"--mem={opts.memory_mb}M",
-        f"--output={log_pattern(log_directory, opts.job_name, array=array is not None)}",
+        f"--cpus-per-task={cores}",
+        f"--mem={memory_mb}M",
+        f"--output={output}",
     ]
+
+
+def directives(opts: BatchOptions, *, log_directory: str, array: int | None = None) -> list[str]:
+    """``#SBATCH`` options (without the prefix) for one job (or one array of ``array`` tasks)."""
+    out = one_node(
+        job_name=opts.job_name,
+        partition=opts.queue,
+        account=opts.account,
+        qos=opts.qos,
+        walltime=opts.walltime,
+        cores=opts.cores,
+        memory_mb=opts.memory_mb,
+        output=log_pattern(log_directory, opts.job_name, array=array is not None),
+    )
     if array is not None:
         if array < 1:
             raise ValueError(f"an array needs at least one task, got {array}")
