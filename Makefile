@@ -81,8 +81,9 @@ HUB_USER_ENV ?= /var/tmp/ctrlstack-hub-userenv
 
 chp: $(CHP)
 
-$(CHP): ci/chp/package.json
-	cd ci/chp && npm install --no-audit --no-fund
+# The proxy's versions come from its committed lockfile (a new release cannot change the tests).
+$(CHP): ci/chp/package.json ci/chp/package-lock.json
+	cd ci/chp && npm ci --no-audit --no-fund
 	touch $(CHP)
 
 # The spawned servers' Python: this tree + its lab extra in a venv every user can execute, and

@@ -23,11 +23,19 @@ LOCKS = [*sorted((ROOT / "environments").glob("*.lock")), ROOT / "tests/stacks/t
 
 
 def constraints() -> dict[str, str]:
-    return pinned(CONSTRAINTS.read_text())
+    """The wire packages' pins (the file also pins the lint and type-check tools)."""
+    wire = {canonical(p) for p in WIRE}
+    return {k: v for k, v in pinned(CONSTRAINTS.read_text()).items() if k in wire}
 
 
-def test_constraints_pin_exactly_the_wire_packages() -> None:
+def test_constraints_pin_every_wire_package() -> None:
     assert sorted(constraints()) == sorted(canonical(p) for p in WIRE)
+
+
+def test_the_lint_tools_are_pinned_too() -> None:
+    pins = pinned(CONSTRAINTS.read_text())
+    assert {"ruff", "mypy"} <= set(pins), pins
+    assert all(importlib.metadata.version(t) == pins[t] for t in ("ruff", "mypy"))
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
@@ -42,6 +50,7 @@ def test_every_lock_pins_the_constraints_versions(lock: pathlib.Path) -> None:
 
 
 def test_this_environment_has_the_constrained_versions() -> None:
-    have = {name: importlib.metadata.version(name) for name in constraints()}
-    differ = {n: (v, have[n]) for n, v in constraints().items() if have[n] != v}
+    pins = pinned(CONSTRAINTS.read_text())
+    have = {name: importlib.metadata.version(name) for name in pins}
+    differ = {n: (v, have[n]) for n, v in pins.items() if have[n] != v}
     assert not differ, f"re-run `make setup` (constraint, installed): {differ}"
