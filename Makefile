@@ -24,13 +24,14 @@ setup: $(STAMP) $(LABEXT) labextension-link
 
 # On a fresh checkout the wheel build hook (hatch-jupyter-builder) builds the lab extension
 # during this install (npm install + npm run build:prod, with jupyter-builder from the build env).
-# ci/constraints.txt pins the Dask wire packages to the stacks' locks (see that file).
-$(STAMP): pyproject.toml ci/constraints.txt
+# ci/dev-lock.txt: every version of the test environment (scripts/lock-dev writes it), the Dask
+# wire packages at the stacks' locks' versions (ci/constraints.txt, see that file).
+$(STAMP): pyproject.toml ci/dev-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# A re-install would write the wheel's shared data through the link below into the tree.
 	test ! -L $(LABEXT_LINK) || rm $(LABEXT_LINK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -c ci/constraints.txt
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c ci/dev-lock.txt
 	touch $(STAMP)
 
 # node_modules is cached in the checkout (gitignored): `npm ci` runs only when the lockfile changes.

@@ -2,8 +2,9 @@
 
 The slow stack tests launch clusters in built stacks from this environment and expect no version
 mismatch; that holds only while this environment has the wire packages at the locks' versions.
-A new Dask on PyPI once broke CI that way, so `make setup` installs with these constraints and
-this fast test says which pin or lock to update when someone relocks.
+A new Dask on PyPI once broke CI that way, so `make setup` installs ci/dev-lock.txt (resolved
+under these constraints by scripts/lock-dev), and these fast tests say which pin or lock to
+update when someone relocks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ctrlstack.stacks.versions import PACKAGES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "ci" / "constraints.txt"
+DEV_LOCK = ROOT / "ci" / "dev-lock.txt"
 WIRE = [p for p in PACKAGES if p not in ("python", "ctrlstack")]
 LOCKS = [*sorted((ROOT / "environments").glob("*.lock")), ROOT / "tests/stacks/tiny.lock"]
 
@@ -49,8 +51,21 @@ def test_every_lock_pins_the_constraints_versions(lock: pathlib.Path) -> None:
     assert not differ, f"{lock.name} vs ci/constraints.txt (constraint, lock): {differ}"
 
 
-def test_this_environment_has_the_constrained_versions() -> None:
-    pins = pinned(CONSTRAINTS.read_text())
-    have = {name: importlib.metadata.version(name) for name in pins}
-    differ = {n: (v, have[n]) for n, v in pins.items() if have[n] != v}
-    assert not differ, f"re-run `make setup` (constraint, installed): {differ}"
+def test_the_dev_lock_was_resolved_under_the_constraints() -> None:
+    lock = pinned(DEV_LOCK.read_text())
+    differ = {n: (v, lock.get(n)) for n, v in pinned(CONSTRAINTS.read_text()).items()
+              if lock.get(n) != v}  # fmt: skip
+    assert not differ, f"re-run scripts/lock-dev (constraint, dev lock): {differ}"
+    assert "ctrlstack" not in lock
+
+
+def test_this_environment_has_the_dev_locks_versions() -> None:
+    lock = pinned(DEV_LOCK.read_text())
+    have = {}
+    for name in lock:
+        try:
+            have[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            have[name] = None
+    differ = {n: (v, have[n]) for n, v in lock.items() if have[n] != v}
+    assert not differ, f"re-run `make setup` (dev lock, installed): {differ}"
