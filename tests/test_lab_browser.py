@@ -155,7 +155,12 @@ def test_server_side_error_shown_next_to_field(page: Page, console: list[str]) -
 
 def test_scale_changes_worker_count(page: Page) -> None:
     c = card(page, "running")
-    c.locator(".ctrlstack-scale-n").fill("2")
+    scale_n = c.locator(".ctrlstack-scale-n")
+    scale_n.fill("2")
+    # Focus elsewhere, then statuses arrive (polls every 1-5 s): what was typed must stay.
+    scale_n.blur()
+    page.wait_for_timeout(6_000)
+    expect(scale_n).to_have_value("2")
     c.locator(".ctrlstack-scale").click()
     expect(card(page)).to_have_attribute("data-connected", "2", timeout=60_000)
     owned = page.locator(f'#ctrlstack-sidebar .ctrlstack-cpu[data-owner="{NAME}"]')

@@ -82,6 +82,11 @@ export class ClusterCards {
     card.style.borderLeftColor = clusterColour(name);
     const body = h('div', { className: 'ctrlstack-card-body' });
     const scaleN = numberInput('ctrlstack-scale-n', '', 'workers');
+    // What the user typed stays until Scale sends it: the next status must not overwrite it
+    // (focus leaves the input on the button's mousedown, before its click runs).
+    scaleN.addEventListener('input', () => {
+      scaleN.dataset.touched = '1';
+    });
     const minN = numberInput('ctrlstack-adapt-min', '0', 'adapt minimum');
     const maxN = numberInput('ctrlstack-adapt-max', '', 'adapt maximum (empty: as many as fit)');
     const button = (label: string, cls: string, fn: () => void): HTMLButtonElement => {
@@ -95,6 +100,7 @@ export class ClusterCards {
       h('span', {}, scaleN, button('Scale', 'ctrlstack-scale', () => {
         const n = parseInt(scaleN.value, 10);
         if (!Number.isNaN(n) && n >= 0) {
+          delete scaleN.dataset.touched; // sent: statuses show the requested count again
           this.actions.scale(name, n);
         }
       })),
