@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .options import BatchOptions
 
-__all__ = ["CREDENTIALS_ENV", "WorkerCommand", "batch_script", "render_script", "worker_command"]
+__all__ = ["CREDENTIALS_ENV", "WorkerCommand", "queue_script", "render_script", "worker_command"]
 
 #: Where ``ctrlstack worker`` finds the cluster's TLS credentials (a directory path).
 CREDENTIALS_ENV = "CTRLSTACK_CREDENTIALS"
@@ -161,30 +161,6 @@ def worker_command(opts: BatchOptions, *, scheduler: str, name: str) -> WorkerCo
     )
 
 
-def batch_script(
-    opts: BatchOptions,
-    *,
-    directive_prefix: str,
-    directives: Sequence[str],
-    scheduler: str,
-    name: str,
-    credentials: str,
-    cluster: str = "",
-) -> str:
-    """The whole job script of one job: directives, site prologue, then ``ctrlstack worker``."""
-    return render_script(
-        directive_prefix=directive_prefix,
-        directives=directives,
-        skip=opts.skip_directives,
-        prologue=opts.prologue,
-        modules=opts.modules,
-        env={CREDENTIALS_ENV: credentials},
-        command=worker_command(opts, scheduler=scheduler, name=name).argv(),
-        cluster=cluster or name,
-        workers=opts.workers_per_job,
-    )
-
-
 #: The placeholder name an array script's command carries until the per-task name replaces it.
 _ARRAY_TOKEN = "CTRLSTACK_ARRAY_TASK_NAME"
 
@@ -201,21 +177,24 @@ def queue_script(
     cluster: str = "",
     array_names: Sequence[str] | None = None,
 ) -> str:
-    """One job's script, or with ``array_names`` one array job's (Slurm's and PBS's alike).
+    """One job's whole script (directives, site prologue, then ``ctrlstack worker``), or with
+    ``array_names`` one array job's; Slurm's and PBS's alike.
 
     Task *i* of the array runs the workers of job ``array_names[i]`` (dask-jobqueue's name for
     it): the names are a quoted bash array indexed by ``$<index_variable>``, an integer the
     scheduler sets (``SLURM_ARRAY_TASK_ID``, ``PBS_ARRAY_INDEX``): the script's only expansion.
     """
-    cluster = cluster or name
-    text = batch_script(
-        opts,
+    task_name = name if array_names is None else _ARRAY_TOKEN
+    text = render_script(
         directive_prefix=directive_prefix,
         directives=directives,
-        scheduler=scheduler,
-        name=name if array_names is None else _ARRAY_TOKEN,
-        credentials=credentials,
-        cluster=cluster,
+        skip=opts.skip_directives,
+        prologue=opts.prologue,
+        modules=opts.modules,
+        env={CREDENTIALS_ENV: credentials},
+        command=worker_command(opts, scheduler=scheduler, name=task_name).argv(),
+        cluster=cluster or name,
+        workers=opts.workers_per_job,
     )
     if array_names is None:
         return text
