@@ -194,6 +194,31 @@ def test_four_value_steps_handle_nans_at_every_offset(name: str) -> None:
         assert_same(got, brute(name, a, window, mc), *TOL[name])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sum", "mean"])
+def test_nan_steps_at_the_edges_of_the_64_value_masks(name: str, dtype: type) -> None:
+    """The branchy loop learns which steps hold a NaN from one bit mask per 64 values.
+
+    NaNs on both sides of each mask word's edge (entering and, ``window`` values later,
+    leaving), a negative NaN, and one in the last values after the final whole word (the
+    one-value walk): every output must equal the window-by-window definition.
+    """
+    from ctrlstack.ops.moving import _few_nans
+
+    w = 10
+    a = RNG.normal(size=1000).astype(dtype)  # the loop starts at w: 15 words, then 30 values
+    for pos in (w + 63, w + 64, w + 127, w + 130, 600, 601):
+        a[pos] = np.nan
+    a[700] = np.copysign(np.nan, -1.0)
+    a[985] = np.nan
+    assert bool(_few_nans(a[w:])) is True
+    rtol, atol = (1e-5, 1e-6) if dtype is np.float32 else TOL[name]
+    for mc in (w, 7, 1):
+        got = KERNELS[name](a, w, min_count=mc)
+        assert got.dtype == dtype
+        assert_same(got, brute(name, a.astype(np.float64), w, mc), rtol, atol)
+
+
 def _step_and_walk() -> dict[str, np.ndarray]:
     """Inputs that defeat a plain add/remove variance, several streaming chunks long."""
     step = RNG.normal(size=6000)
@@ -365,6 +390,25 @@ def test_one_row_path_by_dtype_identity_leaves_other_descriptors_to_the_driver()
 def test_errors(kwargs: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         moving_mean(np.ones((2, 10)), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"window": 0}, ValueError, "window"),
+        ({"window": True}, TypeError, "window"),
+        ({"window": 3, "min_count": 4}, ValueError, "min_count"),
+        ({"window": 3, "min_count": False}, TypeError, "min_count"),
+        ({"window": 3, "ddof": -1}, ValueError, "ddof"),
+        ({"window": 3, "ddof": 1.0}, TypeError, "ddof"),
+        ({"window": 3, "axis": 1}, ValueError, "axis"),
+        ({"window": 3, "threads": 0}, ValueError, "threads"),
+    ],
+)
+def test_one_row_errors_are_the_general_paths(kwargs: dict, exc: type, match: str) -> None:
+    """A 1-D float row starts on the one-row path; bad arguments still get the general errors."""
+    with pytest.raises(exc, match=match):
+        moving_var(np.ones(10), **kwargs)
 
 
 def test_error_on_bad_dtype_and_ddof() -> None:

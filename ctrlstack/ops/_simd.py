@@ -29,6 +29,8 @@ __all__ = [
     "dot_block_cols",
     "f64_bits",
     "lowest_bit",
+    "nan_mask",
+    "nan_zero",
     "transpose_block",
     "transpose_width",
 ]
@@ -225,6 +227,74 @@ def _below_mask(
 
 #: ``below_mask(row, off, bound)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
 below_mask: Any = _below_mask
+
+
+@intrinsic
+def _nan_mask(typingctx: Any, row: Any, off: Any) -> Any:  # pragma: no cover - compiled
+    """Bit ``i`` of the int64 result is set where ``row[off + i]`` is NaN (``i < MASK_WIDTH``).
+
+    Why: a running sum that branches on "this step holds a NaN" pays a mispredicted branch per
+    NaN entering or leaving the window, and the branch resolves only after its four loads and
+    adds.  Testing a bit of a mask made ahead of the steps resolves in a cycle, so far less
+    work is thrown away per miss.  One vector compare per register and a move of the compare
+    bits.  ``row`` must be 1-D, contiguous, float32 or float64, and hold ``MASK_WIDTH`` values
+    from ``off`` (not checked: callers do the tail with a scalar loop).
+    """
+    if not (
+        isinstance(row, types.Array)
+        and row.ndim == 1
+        and row.layout in ("C", "A")
+        and row.dtype in (types.float32, types.float64)
+        and isinstance(off, types.Integer)
+    ):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        rowty = sig.args[0]
+        fty = context.get_value_type(rowty.dtype)
+        vty = ir.VectorType(fty, MASK_WIDTH)
+        arr = context.make_array(rowty)(context, builder, args[0])
+        oi = context.cast(builder, args[1], sig.args[1], types.intp)
+        p = cgutils.get_item_pointer(context, builder, rowty, arr, [oi], wraparound=False)
+        v = builder.load(builder.bitcast(p, vty.as_pointer()), align=context.get_abi_sizeof(fty))
+        return builder.bitcast(builder.fcmp_unordered("uno", v, v), ir.IntType(64))
+
+    return types.int64(row, off), codegen
+
+
+#: ``nan_mask(row, off)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
+nan_mask: Any = _nan_mask
+
+
+@intrinsic
+def _nan_zero(typingctx: Any, v: Any) -> Any:  # pragma: no cover - compiled
+    """``v`` if it is not NaN, else ``0.0`` (float32 or float64), without a branch.
+
+    Why: ``v if v == v else 0.0`` is a select, and LLVM turns such a select into a branch when
+    it judges the condition predictable (it does for x86 Zen targets: a compare and a jump
+    around a zeroing).  In the steps that exist *because* a NaN is there, that branch is
+    mispredicted once more per NaN.  Here the all-ones/all-zeros mask passes through an empty
+    inline ``asm`` (the usual "opaque value" barrier, no instruction emitted), so LLVM cannot
+    fold ``bits & mask`` back into a select, and the code is a compare, a negate and an
+    ``and``.  The constraint string ``"=r,0"`` (a general register, tied to the input) is one
+    every LLVM target accepts.  Running sum of one NaN step, Zen 4 with AVX2 code: the
+    ``moving_mean`` loop with 1 % NaN went from 11.2 to 10.2 ms per 1e7 values.
+    """
+    if v not in (types.float32, types.float64):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        x = args[0]
+        ity = ir.IntType(64 if sig.args[0] == types.float64 else 32)
+        mask = builder.sext(builder.fcmp_ordered("ord", x, x), ity)
+        mask = builder.asm(ir.FunctionType(ity, [ity]), "", "=r,0", [mask], False)
+        return builder.bitcast(builder.and_(builder.bitcast(x, ity), mask), x.type)
+
+    return v(v), codegen
+
+
+#: ``nan_zero(v)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
+nan_zero: Any = _nan_zero
 
 
 @intrinsic
