@@ -82,7 +82,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
-def test_nan_zero_compiles_without_a_branch_where_a_select_does_not() -> None:
+def test_nan_zero_compiles_without_a_branch_where_a_select_does_not(tmp_path: Any) -> None:
     """Why nan_zero exists, checked on the compiler: for a Zen 3 target (the AVX2 machines this
     project runs on) LLVM compiles ``v if v == v else 0.0`` in the running-sum walk to a
     compare and a jump per value; with nan_zero the same loop has no conditional jump.
@@ -90,8 +90,10 @@ def test_nan_zero_compiles_without_a_branch_where_a_select_does_not() -> None:
     Compiled only (eager signature, never run), in a child process, because the target CPU
     is chosen per process; so this runs on any x86-64 host.
     """
-    env = dict(os.environ, NUMBA_CPU_NAME="znver3", NUMBA_CPU_FEATURES="")
-    env.pop("NUMBA_CACHE_DIR", None)
+    cache = tmp_path / "numba-cache"  # code for another CPU goes nowhere it could be loaded
+    env = dict(
+        os.environ, NUMBA_CPU_NAME="znver3", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(cache)
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _ASM_PROBE],
         check=False,
@@ -105,3 +107,4 @@ def test_nan_zero_compiles_without_a_branch_where_a_select_does_not() -> None:
     conditional = {k: [j for j in v if j != "jmp"] for k, v in jumps.items()}
     assert conditional["select"], jumps  # the compiler behaviour that motivates nan_zero
     assert conditional["nan_zero"] == [], jumps
+    assert not cache.exists() or not any(cache.rglob("*.nbc"))  # nothing was run or cached
