@@ -139,6 +139,17 @@ def _walk(xin, xout, os, lo, hi, s, c, scale):  # type: ignore[no-untyped-def]  
     return s, c
 
 
+@numba.njit(cache=True, nogil=True)
+def _walk_row(xin, xout, os, s, c, scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """:func:`_walk` over a whole segment (the loop for rows with many NaNs), compiled apart.
+
+    Inlined into :func:`_sum_task` (three copies there) the same loop ran 7.5 ms for 4e6
+    values at 30 % NaN against 6.0 as a function of its own (Zen 4; 7.6 against 5.5 with
+    AVX2 code); one call per segment costs nothing measurable.
+    """
+    return _walk(xin, xout, os, 0, xin.shape[0], s, c, scale)
+
+
 #: When the branchy running-sum loop runs: a segment takes it when fewer than one in
 #: ``_NAN_SHARE`` of its first ``_NAN_SAMPLE`` values is NaN (each NaN entering or leaving the
 #: window is a likely mispredicted branch there; the branch-free loop does not care).
@@ -202,9 +213,9 @@ def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untype
         # or out of the window) comes from one bit mask per 64 values, made before the steps:
         # the test of a step is then a bit test that resolves at once.  Testing the step's
         # own sum instead (NaN iff a value was) resolved only after its loads and adds, and
-        # each NaN's mispredicted branch threw away that much more work: 1e7 values in
-        # 20 000-value rows, 1 % NaN, Zen 4: 11.2 -> 9.8 ms with AVX2 code, 10.4 -> 9.3
-        # natively (NaN-free rows unchanged).  ``inf - inf`` is not in the mask: it makes
+        # each NaN's mispredicted branch threw away that much more work.  This loop alone
+        # (scratch copies, best of 21), 1e7 values in 20 000-value rows, 1 % NaN, Zen 4:
+        # 11.2 -> 9.8 ms with AVX2 code, 10.4 -> 9.3 natively; NaN-free rows unchanged.  ``inf - inf`` is not in the mask: it makes
         # ``s`` NaN, which the finite check below sends to the exact path.
         f = scale[c]
         n = xin.shape[0]
@@ -232,7 +243,7 @@ def _sum_task(x, o, start, stop, w, min_count, scale):  # type: ignore[no-untype
                     os[i + 3] = s * f
         s, c = _walk(xin, xout, os, MASK_WIDTH * nmask, n, s, c, scale)  # the last 0-63
     else:
-        s, c = _walk(xin, xout, os, 0, xin.shape[0], s, c, scale)
+        s, c = _walk_row(xin, xout, os, s, c, scale)
     if not np.isfinite(s):
         _sum_task_inf(x, o, start, stop, w, min_count, scale)
         return
