@@ -259,6 +259,39 @@ def test_one_and_two_lane_paths_match_bincount_and_check_labels(layout: str, bad
                 kernel(v, broken, ng)
 
 
+@pytest.mark.parametrize("frac", [0.0, 0.01, 0.3, 1.0])
+@pytest.mark.parametrize("bad_at", [None, 0, 1500])
+def test_counted_sums_branchy_and_branch_free_match_bincount(
+    frac: float, bad_at: int | None
+) -> None:
+    """Scattered labels with counts: few NaNs take the branchy loop, many the branch-free one.
+
+    ``few_nans`` is asserted, so both loops are exercised; both count and sum every number
+    once, skip every NaN, and find a bad label anywhere.
+    """
+    from ctrlstack.ops._simd import few_nans
+
+    n, ng = 3000, 40
+    v = RNG.normal(size=n)
+    v[RNG.random(n) < frac] = np.nan
+    labels = RNG.integers(0, ng, n)
+    assert bool(few_nans(v)) is (frac < 0.025)
+    if bad_at is not None:
+        labels[bad_at] = ng
+        for kernel in (group_mean, group_count):
+            with pytest.raises(ValueError, match="labels must"):
+                kernel(v, labels, ng)
+        return
+    ok = ~np.isnan(v)
+    count = np.bincount(labels[ok], minlength=ng)
+    np.testing.assert_array_equal(group_count(v, labels, ng), count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(labels[ok], v[ok], minlength=ng) / count
+    got = group_mean(v, labels, ng)
+    np.testing.assert_array_equal(np.isnan(got), count == 0)
+    np.testing.assert_allclose(got[count > 0], mean[count > 0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 1001])
 def test_odd_and_even_lengths_match_bincount(n: int) -> None:
     """Lane split and the odd tail: every value is counted exactly once."""

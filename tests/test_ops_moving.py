@@ -161,10 +161,10 @@ def test_no_drift_after_huge_value_leaves() -> None:
 @pytest.mark.parametrize("name", ["sum", "mean"])
 def test_branchy_and_branch_free_sum_loops_agree_with_pandas(name: str, frac: float) -> None:
     """Rows with few NaNs take the branchy loop, rows with many the branch-free one."""
-    from ctrlstack.ops.moving import _few_nans
+    from ctrlstack.ops._simd import few_nans
 
     a = with_nans((2, 6000), frac=frac)
-    assert bool(_few_nans(a[0, 100:])) is (frac < 0.025)  # both paths are exercised
+    assert bool(few_nans(a[0, 100:])) is (frac < 0.025)  # both paths are exercised
     for window, mc in ((100, 100), (100, 60), (7, 1)):
         got = KERNELS[name](a, window, min_count=mc, threads=1)
         assert_same(got, pandas_ref(name, a, window, mc), *TOL[name])
@@ -182,13 +182,13 @@ def test_four_value_steps_handle_nans_at_every_offset(name: str) -> None:
     NaNs at each offset within a step, entering and leaving the window in the same step, and
     a NaN step next to a clean one: every output must equal the window-by-window definition.
     """
-    from ctrlstack.ops.moving import _few_nans
+    from ctrlstack.ops._simd import few_nans
 
     a = RNG.normal(size=3001)  # an odd length: the last values take the one-value loop
     for r, start in enumerate((400, 801, 1202, 1603)):
         a[start + r] = np.nan  # offsets 0..3 within a step of the window-ending loop
     a[[2000, 2003, 2004, 2010]] = np.nan
-    assert bool(_few_nans(a[12:])) is True
+    assert bool(few_nans(a[12:])) is True
     for window, mc in ((12, 12), (12, 9), (4, 1), (5, 3)):
         got = KERNELS[name](a, window, min_count=mc, threads=1)
         assert_same(got, brute(name, a, window, mc), *TOL[name])
@@ -203,7 +203,7 @@ def test_nan_steps_at_the_edges_of_the_64_value_masks(name: str, dtype: type) ->
     leaving), a negative NaN, and one in the last values after the final whole word (the
     one-value walk): every output must equal the window-by-window definition.
     """
-    from ctrlstack.ops.moving import _few_nans
+    from ctrlstack.ops._simd import few_nans
 
     w = 10
     a = RNG.normal(size=1000).astype(dtype)  # the loop starts at w: 15 words, then 30 values
@@ -211,7 +211,7 @@ def test_nan_steps_at_the_edges_of_the_64_value_masks(name: str, dtype: type) ->
         a[pos] = np.nan
     a[700] = np.copysign(np.nan, -1.0)
     a[985] = np.nan
-    assert bool(_few_nans(a[w:])) is True
+    assert bool(few_nans(a[w:])) is True
     rtol, atol = (1e-5, 1e-6) if dtype is np.float32 else TOL[name]
     for mc in (w, 7, 1):
         got = KERNELS[name](a, w, min_count=mc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -19,6 +20,8 @@ from numba.extending import intrinsic
 __all__ = [
     "DOT_ROWS",
     "MASK_WIDTH",
+    "NAN_SAMPLE",
+    "NAN_SHARE",
     "VECTOR_BYTES",
     "WIDTH",
     "add_record4",
@@ -28,6 +31,7 @@ __all__ = [
     "dot_block_below",
     "dot_block_cols",
     "f64_bits",
+    "few_nans",
     "lowest_bit",
     "nan_mask",
     "nan_zero",
@@ -298,6 +302,25 @@ def _nan_zero(typingctx: Any, v: Any) -> Any:  # pragma: no cover - compiled
 
 #: ``nan_zero(v)`` inside ``@njit`` code (typed ``Any`` like ``argmin_width``).
 nan_zero: Any = _nan_zero
+
+
+#: Which loop a NaN-skipping kernel runs: a branchy one (work only for numbers) when fewer than
+#: one in ``NAN_SHARE`` of the first ``NAN_SAMPLE`` values is NaN, else a branch-free one
+#: (:func:`nan_zero`), whose time does not depend on the NaN share.  Each NaN is a likely
+#: mispredicted branch in the first; near 2.5 % the two cost the same (the running sum and
+#: ``group_mean``'s scattered sums measured 2.5-4 %).
+NAN_SAMPLE = 2048
+NAN_SHARE = 40
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def few_nans(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """True if fewer than one in ``NAN_SHARE`` of ``x``'s first ``NAN_SAMPLE`` values is NaN."""
+    m = min(x.shape[0], NAN_SAMPLE)
+    nans = 0
+    for i in range(m):
+        nans += x[i] != x[i]  # NaN test
+    return nans * NAN_SHARE < m
 
 
 @intrinsic

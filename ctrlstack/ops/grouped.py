@@ -42,7 +42,7 @@ from ctrlstack.ops._check import (
     row_segments,
 )
 from ctrlstack.ops._runtime import check_threads, is_dask, is_xarray, kernel_threads
-from ctrlstack.ops._simd import add_record4
+from ctrlstack.ops._simd import add_record4, few_nans, nan_zero
 
 __all__ = ["group_count", "group_max", "group_mean", "group_min", "group_sum", "group_var"]
 
@@ -114,6 +114,35 @@ def _count_sum(xs, ls, ung, s0, cnt):  # type: ignore[no-untyped-def]  # pragma:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _count_sum_free(xs, ls, ung, s0, cnt):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """:func:`_count_sum` without a NaN branch, for data with many NaNs (:func:`few_nans`).
+
+    A NaN adds 0.0 and a count of 0.  Its time does not depend on the NaN share: 4e6 values,
+    1000 groups, Zen 4, ms at 0 / 1 / 10 / 30 / 50 % NaN: 4.3 at every share, against 3.2 /
+    3.3 / 6.9 / 14.8 / 19.7 for the branchy loop (numbagg 3.4 / 3.8 / 7.6 / 15.3 / 20.2);
+    the same with AVX2 code.
+    """
+    bad = False
+    for j in range(xs.shape[0]):
+        g = numba.uint64(ls[j])
+        if g >= ung:
+            bad = True
+            continue
+        v = xs[j]
+        s0[g] += nan_zero(v)
+        cnt[g] += v == v  # noqa: PLR0124 - NaN test (a 0/1 count)
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _counted_sums(xs, ls, ung, s0, cnt):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The branchy loop for few NaNs, the branch-free one otherwise; True if a label was invalid."""
+    if few_nans(xs):
+        return _count_sum(xs, ls, ung, s0, cnt)
+    return _count_sum_free(xs, ls, ung, s0, cnt)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  # pragma: no cover
     """One-lane body of :func:`_sum_task` (scattered labels); True if a label was invalid.
 
@@ -131,11 +160,11 @@ def _sum_one_lane(xs, ls, ung, s0, c0, count):  # type: ignore[no-untyped-def]  
         # of 12).  Flushing int32 counts every 2**30 values instead measured slower (9.4 ms).
         if xs.shape[0] < _COUNT32_SPAN:
             c32 = np.zeros(c0.shape[0], dtype=np.int32)
-            bad = _count_sum(xs, ls, ung, s0, c32)
+            bad = _counted_sums(xs, ls, ung, s0, c32)
             for g in range(c32.shape[0]):
                 c0[g] += c32[g]
         else:
-            bad = _count_sum(xs, ls, ung, s0, c0)
+            bad = _counted_sums(xs, ls, ung, s0, c0)
     else:
         # Sums only: two values per step, one label test for both (their max), and NaN
         # replaced by 0.0 instead of a branch.  Fewer instructions per value: 7.7 against
