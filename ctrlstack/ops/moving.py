@@ -594,18 +594,19 @@ def _extreme_task(x, o, start, stop, w, min_count, is_max, sf, si):  # type: ign
         q = ident
         qc = 0
         for j in range(length):
+            # Branch-free: NaN compares false (p stays) and counts 0.  The branchy form
+            # (``if not isnan(v)``, then ``if v > p``) grew with the NaN share: 4e6 values,
+            # w=100, Zen 4, AVX2 code, 0 / 1 / 10 / 30 / 50 % NaN: 20.1 / 21.9 / 31.9 / 52.4
+            # / 66.0 ms (bottleneck 37.8 / 38.9 / 44.1 / 55.3 / 60.2); this is 21.9-22.7 at
+            # every share, natively 21.0-21.7.
             v = x[b + j]
-            if not np.isnan(v):
-                pc += 1
-                if (v > p) if is_max else (v < p):
-                    p = v
+            pc += v == v  # noqa: PLR0124 - NaN test
+            p = v if ((v > p) if is_max else (v < p)) else p
             if full:
                 jj = w - 1 - j
                 u = x[b + jj]
-                if not np.isnan(u):
-                    qc += 1
-                    if (u > q) if is_max else (u < q):
-                        q = u
+                qc += u == u  # noqa: PLR0124 - NaN test
+                q = u if ((u > q) if is_max else (u < q)) else q
                 sf[nxt, jj] = q
                 si[nxt, jj] = qc
             n = pc + si[cur, j + 1]
