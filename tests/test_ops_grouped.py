@@ -264,7 +264,8 @@ def test_one_and_two_lane_paths_match_bincount_and_check_labels(layout: str, bad
 def test_counted_sums_branchy_and_branch_free_match_bincount(
     frac: float, bad_at: int | None
 ) -> None:
-    """Scattered labels with counts: few NaNs take the branchy loop, many the branch-free one.
+    """Scattered labels with counts, and min/max: few NaNs take the branchy loops, many the
+    branch-free ones.
 
     ``few_nans`` is asserted, so both loops are exercised; both count and sum every number
     once, skip every NaN, and find a bad label anywhere.
@@ -278,7 +279,7 @@ def test_counted_sums_branchy_and_branch_free_match_bincount(
     assert bool(few_nans(v)) is (frac < 0.025)
     if bad_at is not None:
         labels[bad_at] = ng
-        for kernel in (group_mean, group_count):
+        for kernel in (group_mean, group_count, group_max, group_min):
             with pytest.raises(ValueError, match="labels must"):
                 kernel(v, labels, ng)
         return
@@ -290,6 +291,9 @@ def test_counted_sums_branchy_and_branch_free_match_bincount(
     got = group_mean(v, labels, ng)
     np.testing.assert_array_equal(np.isnan(got), count == 0)
     np.testing.assert_allclose(got[count > 0], mean[count > 0], rtol=1e-12, atol=1e-12)
+    for kernel, pick in ((group_max, np.max), (group_min, np.min)):
+        ref = np.array([pick(v[ok & (labels == g)]) if count[g] else np.nan for g in range(ng)])
+        np.testing.assert_array_equal(kernel(v, labels, ng), ref)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1001])
