@@ -279,7 +279,7 @@ def test_counted_sums_branchy_and_branch_free_match_bincount(
     assert bool(few_nans(v)) is (frac < 0.025)
     if bad_at is not None:
         labels[bad_at] = ng
-        for kernel in (group_mean, group_count, group_max, group_min):
+        for kernel in (group_mean, group_count, group_max, group_min, group_var):
             with pytest.raises(ValueError, match="labels must"):
                 kernel(v, labels, ng)
         return
@@ -294,6 +294,10 @@ def test_counted_sums_branchy_and_branch_free_match_bincount(
     for kernel, pick in ((group_max, np.max), (group_min, np.min)):
         ref = np.array([pick(v[ok & (labels == g)]) if count[g] else np.nan for g in range(ng)])
         np.testing.assert_array_equal(kernel(v, labels, ng), ref)
+    var = np.array(
+        [v[ok & (labels == g)].var(ddof=1) if count[g] > 1 else np.nan for g in range(ng)]
+    )
+    np.testing.assert_allclose(group_var(v + 1e6, labels, ng, ddof=1), var, rtol=1e-9)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1001])

@@ -317,7 +317,7 @@ def _var_common(xs, ls, ung, c, acc, two):  # type: ignore[no-untyped-def]  # pr
     """Counts and sums of ``d = x - c`` and ``d**2`` into records ``acc[0]`` (``[1]`` if ``two``)."""
     bad = False
     a0, a1 = acc[0], acc[1]
-    if not two:
+    if not two and few_nans(xs):
         for j in range(xs.shape[0]):
             g = numba.uint64(ls[j])
             if g >= ung:
@@ -326,6 +326,16 @@ def _var_common(xs, ls, ung, c, acc, two):  # type: ignore[no-untyped-def]  # pr
             v = xs[j]
             if not np.isnan(v):
                 _common_add(a0, g, v - c)
+        return bad
+    if not two:  # many NaNs: a NaN adds the record (0, 0, 0), no branch (see few_nans)
+        for j in range(xs.shape[0]):
+            g = numba.uint64(ls[j])
+            if g >= ung:
+                bad = True
+                continue
+            v = xs[j]
+            d = nan_zero(v - c)
+            add_record4(a0, g, np.float64(v == v), d, d * d)  # noqa: PLR0124 - NaN test
         return bad
     m = xs.shape[0] // 2
     for j in range(m):
