@@ -261,31 +261,39 @@ def test_one_and_two_lane_paths_match_bincount_and_check_labels(layout: str, bad
 
 @pytest.mark.parametrize("frac", [0.0, 0.01, 0.3, 1.0])
 @pytest.mark.parametrize("bad_at", [None, 0, 1500])
+@pytest.mark.parametrize("layout", ["scattered", "sorted"])
 def test_counted_sums_branchy_and_branch_free_match_bincount(
-    frac: float, bad_at: int | None
+    frac: float, bad_at: int | None, layout: str
 ) -> None:
-    """Scattered labels with counts, and min/max: few NaNs take the branchy loops, many the
-    branch-free ones.
+    """Counts, sums, min/max and var: few NaNs take the branchy loops, many the branch-free
+    ones, with one accumulator lane (scattered labels) and with two (sorted labels).
 
-    ``few_nans`` is asserted, so both loops are exercised; both count and sum every number
-    once, skip every NaN, and find a bad label anywhere.
+    ``few_nans`` and ``_repeats`` are asserted, so every loop is exercised; each counts and
+    sums every number once, skips every NaN, and finds a bad label anywhere.
     """
     from ctrlstack.ops._simd import few_nans
+    from ctrlstack.ops.grouped import _repeats
 
-    n, ng = 3000, 40
+    n, ng = 3001, 40  # odd: the two-lane loops' last value too
     v = RNG.normal(size=n)
     v[RNG.random(n) < frac] = np.nan
     labels = RNG.integers(0, ng, n)
+    if layout == "sorted":
+        labels = np.sort(labels)
     assert bool(few_nans(v)) is (frac < 0.025)
+    assert bool(_repeats(labels)) is (layout == "sorted")
     if bad_at is not None:
         labels[bad_at] = ng
-        for kernel in (group_mean, group_count, group_max, group_min, group_var):
+        for kernel in (group_mean, group_count, group_sum, group_max, group_min, group_var):
             with pytest.raises(ValueError, match="labels must"):
                 kernel(v, labels, ng)
         return
     ok = ~np.isnan(v)
     count = np.bincount(labels[ok], minlength=ng)
     np.testing.assert_array_equal(group_count(v, labels, ng), count)
+    np.testing.assert_allclose(
+        group_sum(v, labels, ng), np.bincount(labels[ok], v[ok], minlength=ng), atol=1e-12
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.bincount(labels[ok], v[ok], minlength=ng) / count
     got = group_mean(v, labels, ng)
