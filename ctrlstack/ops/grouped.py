@@ -506,7 +506,7 @@ def _ext_task(x, lab, start, stop, ng, cr, er, is_max):  # type: ignore[no-untyp
     # A count for every value (0 for NaN) and a store only for a better value: NaN compares
     # false, so the one branch is "a new extreme", rare after a group's first values and
     # well predicted whatever the NaN share.  4e6 values, 1000 groups, 1 thread, Zen 4 with
-    # AVX2 code, ms at 0 / 1 / 10 / 30 % NaN: see docs/benchmarks.md (sixth session).
+    # AVX2 code, ms at 0 / 1 / 10 / 30 % NaN: see docs/benchmarks.md (seventh session).
     for i in range(xs.shape[0]):
         g = numba.uint64(ls[i])
         if g >= ung:

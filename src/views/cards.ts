@@ -83,9 +83,11 @@ export class ClusterCards {
     const body = h('div', { className: 'ctrlstack-card-body' });
     const scaleN = numberInput('ctrlstack-scale-n', '', 'workers');
     // What the user typed stays until Scale sends it: the next status must not overwrite it
-    // (focus leaves the input on the button's mousedown, before its click runs).
+    // (focus leaves the input on the button's mousedown, before its click runs). The draft is
+    // kept by cluster name, not on this node, so it survives the card being built again (a
+    // status list that briefly lacks the cluster removes its card).
     scaleN.addEventListener('input', () => {
-      scaleN.dataset.touched = '1';
+      this._drafts.set(name, scaleN.value);
     });
     const minN = numberInput('ctrlstack-adapt-min', '0', 'adapt minimum');
     const maxN = numberInput('ctrlstack-adapt-max', '', 'adapt maximum (empty: as many as fit)');
@@ -100,7 +102,7 @@ export class ClusterCards {
       h('span', {}, scaleN, button('Scale', 'ctrlstack-scale', () => {
         const n = parseInt(scaleN.value, 10);
         if (!Number.isNaN(n) && n >= 0) {
-          delete scaleN.dataset.touched; // sent: statuses show the requested count again
+          this._drafts.delete(name); // sent: statuses show the requested count again
           this.actions.scale(name, n);
         }
       })),
@@ -172,7 +174,10 @@ export class ClusterCards {
     const message = c.message ? h('div', { className: 'ctrlstack-message' }, c.message) : null;
     body.replaceChildren(header, facts, progress ?? '', workers, jobs ?? '', message ?? '');
     const scaleN = card.querySelector<HTMLInputElement>('.ctrlstack-scale-n');
-    if (scaleN && document.activeElement !== scaleN && !scaleN.dataset.touched) {
+    const draft = this._drafts.get(c.name);
+    if (scaleN && draft !== undefined) {
+      scaleN.value = draft;
+    } else if (scaleN && document.activeElement !== scaleN) {
       scaleN.value = String(c.requested);
     }
     const link = card.querySelector<HTMLAnchorElement>('.ctrlstack-dashboard')!;
@@ -201,4 +206,6 @@ export class ClusterCards {
   }
 
   private _cards = new Map<string, HTMLElement>();
+  /** Worker counts typed into a card and not yet sent, by cluster name. */
+  private _drafts = new Map<string, string>();
 }
