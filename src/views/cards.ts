@@ -174,6 +174,9 @@ export class ClusterCards {
     const message = c.message ? h('div', { className: 'ctrlstack-message' }, c.message) : null;
     body.replaceChildren(header, facts, progress ?? '', workers, jobs ?? '', message ?? '');
     const scaleN = card.querySelector<HTMLInputElement>('.ctrlstack-scale-n');
+    if (c.state !== 'running') {
+      this._drafts.delete(c.name); // Scale is disabled; a later cluster of this name starts afresh
+    }
     const draft = this._drafts.get(c.name);
     if (scaleN && draft !== undefined) {
       scaleN.value = draft;
